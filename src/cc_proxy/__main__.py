@@ -1,0 +1,3 @@
+from cc_proxy.cli import main
+
+raise SystemExit(main())

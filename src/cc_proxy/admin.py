@@ -1,0 +1,174 @@
+"""The gateway's own endpoints: `/health`, `/api/stats`, `/api/mode`, `/api/tracing`.
+
+Changes (`PUT`) need `Authorization: Bearer <admin token>` when CC_SERVER__ADMIN_TOKEN is
+set; reading stays open. Every error is Anthropic-shaped, like the proxied paths'.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import orjson
+from pydantic import BaseModel, ConfigDict, StrictBool, ValidationError
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from cc_proxy.errors import ErrorType, error_body
+from cc_proxy.modes import Mode, ModeRefused
+
+if TYPE_CHECKING:
+    from cc_proxy.app import Gateway
+
+_ERROR_TYPES = {
+    400: ErrorType.INVALID_REQUEST,
+    401: ErrorType.AUTHENTICATION,
+    403: ErrorType.PERMISSION,
+    404: ErrorType.NOT_FOUND,
+    405: ErrorType.INVALID_REQUEST,
+    409: ErrorType.INVALID_REQUEST,
+    413: ErrorType.REQUEST_TOO_LARGE,
+}
+ChangeT = TypeVar("ChangeT", bound=BaseModel)
+# Admin bodies are a few bytes; nothing larger is read.
+MAX_ADMIN_BODY = 4096
+
+
+class JSONResponse(Response):
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+def error_response(status: int, message: str) -> Response:
+    kind = _ERROR_TYPES.get(status, ErrorType.API)
+    return Response(error_body(kind, message), status, media_type="application/json")
+
+
+class ModeChange(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    mode: Mode
+
+
+class TracingChange(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    enabled: StrictBool
+
+
+def redact_url(url: str | None) -> str | None:
+    """A URL fit to show: any user:password@ part removed."""
+    if url is None:
+        return None
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def build_admin(gateway: Gateway) -> Starlette:
+    settings = gateway.settings
+    token = settings.server.admin_token
+
+    def authorized(request: Request) -> bool:
+        if token is None:
+            return True
+        given = request.headers.get("authorization", "")
+        expected = f"Bearer {token.get_secret_value()}"
+        return hmac.compare_digest(given.encode(), expected.encode())
+
+    async def read_change(request: Request, model: type[ChangeT]) -> ChangeT | Response:
+        if not authorized(request):
+            return error_response(
+                401, "this endpoint needs Authorization: Bearer <CC_SERVER__ADMIN_TOKEN>"
+            )
+        raw = b""
+        async for chunk in request.stream():
+            raw += chunk
+            if len(raw) > MAX_ADMIN_BODY:
+                return error_response(413, f"body over {MAX_ADMIN_BODY} bytes")
+        try:
+            return model.model_validate_json(raw)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors()
+            )
+            return error_response(400, f"invalid body: {problems}")
+
+    async def health(request: Request) -> Response:
+        target = gateway.upstreams.get("target")
+        passthrough = gateway.upstreams["passthrough"]
+        return JSONResponse(
+            {
+                "status": "ok",
+                "mode": gateway.modes.current.value,
+                "allow_anthropic_only": settings.allow_anthropic_only,
+                "target": {
+                    "url": redact_url(target.url if target else None),
+                    "model": settings.target.model,
+                    "timeout_secs": settings.target.timeout_secs,
+                    "max_concurrent": settings.target.max_concurrent,
+                    "in_flight": target.limiter.in_flight if target and target.limiter else 0,
+                },
+                "passthrough": {
+                    "url": redact_url(passthrough.url),
+                    "timeout_secs": settings.passthrough.timeout_secs,
+                    "passthrough_auth": settings.passthrough.passthrough_auth,
+                },
+                "tracing": {
+                    "enabled": gateway.tracing.enabled,
+                    "otlp": settings.tracing.otlp_endpoint is not None,
+                },
+            }
+        )
+
+    async def stats(request: Request) -> Response:
+        return JSONResponse(gateway.stats.snapshot())
+
+    async def mode(request: Request) -> Response:
+        if request.method == "PUT":
+            change = await read_change(request, ModeChange)
+            if isinstance(change, Response):
+                return change
+            try:
+                gateway.modes.switch(change.mode)
+            except ModeRefused as refused:
+                return error_response(refused.status, str(refused))
+            gateway.log_mode_switch(change.mode)
+        return JSONResponse({"mode": gateway.modes.current.value})
+
+    async def tracing(request: Request) -> Response:
+        if request.method == "PUT":
+            change = await read_change(request, TracingChange)
+            if isinstance(change, Response):
+                return change
+            gateway.tracing.enabled = change.enabled
+        return JSONResponse({"enabled": gateway.tracing.enabled})
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        messages = {404: f"no such endpoint: {request.url.path}", 405: "method not allowed"}
+        response = error_response(exc.status_code, messages.get(exc.status_code, exc.detail))
+        if exc.headers:
+            response.headers.update(exc.headers)
+        return response
+
+    handlers: dict[Any, Callable[[Request, Exception], Awaitable[Response]]] = {
+        HTTPException: http_error
+    }
+    return Starlette(
+        routes=[
+            Route("/health", health, methods=["GET"]),
+            Route("/api/stats", stats, methods=["GET"]),
+            Route("/api/mode", mode, methods=["GET", "PUT"]),
+            Route("/api/tracing", tracing, methods=["GET", "PUT"]),
+        ],
+        exception_handlers=handlers,
+    )

@@ -1,0 +1,126 @@
+"""Assembly: builds the gateway from its settings and serves it as one ASGI app.
+
+`/health` and `/api/*` are the gateway's own (Starlette); every other path is proxied.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import aiohttp
+from starlette.types import Receive, Scope, Send
+
+from cc_proxy.admin import build_admin
+from cc_proxy.config import Settings
+from cc_proxy.exchange import Observers
+from cc_proxy.logs import AccessLog, ContentLog
+from cc_proxy.modes import Mode, ModeSwitch
+from cc_proxy.proxy import ContentTracing, Proxy
+from cc_proxy.shadow import Shadow
+from cc_proxy.shaping import TargetShaping
+from cc_proxy.stats import Stats
+from cc_proxy.upstream import Limiter, Upstream
+
+log = logging.getLogger("cc_proxy")
+
+
+def _timeout(secs: float) -> aiohttp.ClientTimeout:
+    # No total: a Claude Code stream may rightly last many minutes. `timeout_secs` bounds
+    # the connect, the wait for the answer's headers and every silence within the body.
+    return aiohttp.ClientTimeout(total=None, sock_connect=secs, sock_read=secs)
+
+
+def build_upstreams(settings: Settings) -> dict[str, Upstream]:
+    passthrough = settings.passthrough
+    passthrough_key = passthrough.api_key.get_secret_value() if passthrough.api_key else None
+    upstreams = {
+        "passthrough": Upstream(
+            name="passthrough",
+            url=passthrough.url,
+            timeout=_timeout(passthrough.timeout_secs),
+            forwards_client_credentials=passthrough.passthrough_auth,
+            credentials=[("x-api-key", passthrough_key)] if passthrough_key else [],
+        )
+    }
+    target = settings.target
+    if target.url is not None:
+        key = target.api_key.get_secret_value() if target.api_key else None
+        upstreams["target"] = Upstream(
+            name="target",
+            url=target.url,
+            timeout=_timeout(target.timeout_secs),
+            # The client's Anthropic credentials never reach the target (SPEC.md §3).
+            forwards_client_credentials=False,
+            # vLLM and SGLang check `Authorization: Bearer`; Anthropic-style servers
+            # check `x-api-key`. The target's own key goes in both.
+            credentials=[("x-api-key", key), ("authorization", f"Bearer {key}")] if key else [],
+            limiter=Limiter(target.max_concurrent, target.queue_wait_secs),
+        )
+    return upstreams
+
+
+class Gateway:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.modes = ModeSwitch(
+            settings.default_mode,
+            allow_anthropic_only=settings.allow_anthropic_only,
+            has_target=settings.target.url is not None,
+        )
+        self.upstreams = build_upstreams(settings)
+        self.tracing = ContentTracing(settings.tracing.enabled)
+        self.stats = Stats()
+        self.observers = Observers([self.stats, AccessLog(), ContentLog()])
+        shaping = TargetShaping.from_settings(settings.target)
+        self.shadow = Shadow(
+            self.upstreams.get("target"), shaping, self.observers, lambda: self.proxy.session
+        )
+        self.proxy = Proxy(
+            upstreams=self.upstreams,
+            modes=self.modes,
+            shaping=shaping,
+            observers=self.observers,
+            shadow=self.shadow,
+            tracing=self.tracing,
+            max_body_bytes=settings.server.max_body_bytes,
+        )
+        self.admin = build_admin(self)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            path: str = scope["path"]
+            if path == "/health" or path.startswith("/api/"):
+                await self.admin(scope, receive, send)
+            else:
+                await self.proxy(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await self.startup()
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def startup(self) -> None:
+        # One session for both upstreams, made inside the running loop. No connection cap
+        # of its own: the target's limiter is the explicit one. No cookie jar: a relay
+        # must not carry one client's cookies to another.
+        self.proxy.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=60),
+            auto_decompress=False,
+            cookie_jar=aiohttp.DummyCookieJar(),
+        )
+
+    async def shutdown(self) -> None:
+        await self.shadow.drain(self.settings.server.shutdown_grace_secs)
+        if self.proxy.session is not None:
+            await self.proxy.session.close()
+
+    def log_mode_switch(self, mode: Mode) -> None:
+        log.info("mode switched to %s; requests that start from now on use it", mode.value)

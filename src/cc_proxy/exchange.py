@@ -1,0 +1,128 @@
+"""One request to one upstream, as the forwarding core sees it, and its observers.
+
+The core fills an `Exchange` and tells the observers what happened to it; the observers
+(stats, logs, traces, the compare recorder) never reach into the relay loop.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from cc_proxy.modes import Mode
+
+
+class Role(StrEnum):
+    PRIMARY = "primary"  # the client gets this answer
+    SHADOW = "shadow"  # compare mode's fire-and-forget copy to the target
+
+
+class Outcome(StrEnum):
+    COMPLETE = "complete"  # the upstream's answer reached its end (any status)
+    REJECTED = "rejected"  # the gateway answered itself: bad body, too large, overloaded
+    UNREACHABLE = "unreachable"
+    TIMEOUT = "timeout"
+    STREAM_BROKEN = "stream_broken"  # the upstream died after the answer began
+    CLIENT_GONE = "client_gone"
+    DROPPED = "dropped"  # shadow copy not sent: the target was saturated
+
+
+@dataclass(slots=True)
+class Usage:
+    """What an answer reported about itself; filled by `cc_proxy.accounting`."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_creation_input_tokens: int = 0
+    cache_read_input_tokens: int = 0
+    tool_calls: int = 0
+    stop_reason: str | None = None
+    model: str | None = None
+    # `type` of an Anthropic error: an error body, or an SSE `event: error`
+    error_type: str | None = None
+
+
+@dataclass(slots=True)
+class Exchange:
+    id: str
+    role: Role
+    mode: Mode
+    upstream: str
+    method: str
+    path: str
+    query: str
+    is_messages: bool
+    requested_model: str | None = None
+    model: str | None = None  # as sent upstream, after any rewrite
+    stream: bool = False
+    request_body: bytes = b""
+    started: float = field(default_factory=time.perf_counter)
+    first_byte: float | None = None
+    finished: float | None = None
+    status: int | None = None
+    upstream_request_id: str | None = None
+    outcome: Outcome | None = None
+    detail: str | None = None  # a short, secret-free reason for a failed outcome
+    usage: Usage = field(default_factory=Usage)
+    trace_content: bool = False  # content tracing was on when this exchange started
+
+    @property
+    def ttft_ms(self) -> float | None:
+        return None if self.first_byte is None else (self.first_byte - self.started) * 1000
+
+    @property
+    def duration_ms(self) -> float | None:
+        return None if self.finished is None else (self.finished - self.started) * 1000
+
+    @property
+    def failed(self) -> bool:
+        return (
+            self.outcome is not Outcome.COMPLETE
+            or (self.status or 0) >= 400
+            or self.usage.error_type is not None
+        )
+
+
+class Observer:
+    """Subscribes to exchanges. Every hook is optional and must not block or raise."""
+
+    def on_start(self, exchange: Exchange) -> None:
+        """The route is chosen and the request is about to be sent upstream."""
+
+    def on_first_byte(self, exchange: Exchange) -> None:
+        """The first byte of the response body arrived."""
+
+    def on_end(self, exchange: Exchange) -> None:
+        """The exchange is over; `outcome` says how."""
+
+    def body_watcher(self, exchange: Exchange) -> Callable[[bytes], None] | None:
+        """A callable to receive each relayed body chunk of this exchange, or None."""
+        return None
+
+
+class Observers(Observer):
+    """Fans each hook out to the observers it holds, in order."""
+
+    def __init__(self, observers: Sequence[Observer] = ()) -> None:
+        self._observers = list(observers)
+
+    def add(self, observer: Observer) -> None:
+        self._observers.append(observer)
+
+    def on_start(self, exchange: Exchange) -> None:
+        for observer in self._observers:
+            observer.on_start(exchange)
+
+    def on_first_byte(self, exchange: Exchange) -> None:
+        for observer in self._observers:
+            observer.on_first_byte(exchange)
+
+    def on_end(self, exchange: Exchange) -> None:
+        for observer in self._observers:
+            observer.on_end(exchange)
+
+    def watchers(self, exchange: Exchange) -> list[Callable[[bytes], None]]:
+        found = (observer.body_watcher(exchange) for observer in self._observers)
+        return [watcher for watcher in found if watcher is not None]

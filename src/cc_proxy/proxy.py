@@ -1,0 +1,343 @@
+"""The request path, top to bottom: receive the request, choose the route by mode, shape
+the body for that upstream, forward and relay, and let the observers know.
+
+Plain ASGI: this is the hot path for `/v1/messages` and every proxied path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import aiohttp
+import orjson
+from starlette.types import Receive, Scope, Send
+
+from cc_proxy.errors import ErrorType, GatewayError, error_body, sse_error_event
+from cc_proxy.estimate import estimate_input_tokens
+from cc_proxy.exchange import Exchange, Observers, Outcome, Role
+from cc_proxy.modes import Mode, ModeSwitch
+from cc_proxy.relay import Sink, relay
+from cc_proxy.shadow import Shadow
+from cc_proxy.shaping import TargetShaping
+from cc_proxy.upstream import Upstream, response_headers
+
+REQUEST_ID_HEADER = b"x-cc-proxy-request-id"
+
+
+class Endpoint(StrEnum):
+    MESSAGES = "messages"
+    COUNT_TOKENS = "count_tokens"
+    OTHER = "other"
+
+
+def endpoint_of(method: str, path: str) -> Endpoint:
+    if method == "POST":
+        if path == "/v1/messages":
+            return Endpoint.MESSAGES
+        if path == "/v1/messages/count_tokens":
+            return Endpoint.COUNT_TOKENS
+    return Endpoint.OTHER
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    upstream: str  # "target" or "passthrough"
+    shape: bool = False  # the target rewrites (SPEC.md §3) apply
+    shadow: bool = False  # a shaped copy also goes to the target (compare mode)
+    estimate: bool = False  # a target without count_tokens gets a local estimate
+
+
+TARGET = Route("target")
+PASSTHROUGH = Route("passthrough")
+
+# SPEC.md §1 as a table.
+ROUTES: Mapping[tuple[Mode, Endpoint], Route] = {
+    (Mode.TARGET, Endpoint.MESSAGES): Route("target", shape=True),
+    (Mode.TARGET, Endpoint.COUNT_TOKENS): Route("target", shape=True, estimate=True),
+    (Mode.TARGET, Endpoint.OTHER): TARGET,
+    (Mode.COMPARE, Endpoint.MESSAGES): Route("passthrough", shadow=True),
+    (Mode.COMPARE, Endpoint.COUNT_TOKENS): PASSTHROUGH,
+    (Mode.COMPARE, Endpoint.OTHER): PASSTHROUGH,
+    (Mode.ANTHROPIC_ONLY, Endpoint.MESSAGES): PASSTHROUGH,
+    (Mode.ANTHROPIC_ONLY, Endpoint.COUNT_TOKENS): PASSTHROUGH,
+    (Mode.ANTHROPIC_ONLY, Endpoint.OTHER): PASSTHROUGH,
+}
+
+# count_tokens answers that mean "this server has no such endpoint"
+NO_SUCH_ENDPOINT = frozenset({404, 405, 501})
+
+
+class ContentTracing:
+    """Whether requests that start now have their content logged (PUT /api/tracing)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+
+
+class ClientGone(Exception):
+    """The client closed its connection."""
+
+
+class ClientSink(Sink):
+    """Relays the answer to the client over its ASGI connection."""
+
+    __slots__ = ("_request_id", "_send")
+
+    def __init__(self, send: Send, request_id: bytes) -> None:
+        self._send = send
+        self._request_id = request_id
+
+    async def start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        relayed = response_headers(headers)
+        relayed.append((REQUEST_ID_HEADER, self._request_id))
+        await self._send({"type": "http.response.start", "status": status, "headers": relayed})
+
+    async def body(self, chunk: bytes) -> None:
+        await self._send({"type": "http.response.body", "body": chunk, "more_body": True})
+
+    async def end(self) -> None:
+        await self._send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def fail(self, error: GatewayError, *, started: bool, sse: bool) -> None:
+        if not started:
+            await send_json(self._send, error.status, error.body, self._request_id)
+        elif sse:
+            await self.body(sse_error_event(error.kind, error.message))
+            await self.end()
+        # A plain body cut short cannot be mended: returning without ending it makes the
+        # server close the connection, which the client sees as a broken answer.
+
+
+class EstimatingSink(ClientSink):
+    """count_tokens on a target that lacks it: answer `{"input_tokens": N}` ourselves."""
+
+    __slots__ = ("_body", "_estimating")
+
+    def __init__(self, send: Send, request_id: bytes, body: dict[str, Any]) -> None:
+        super().__init__(send, request_id)
+        self._body = body
+        self._estimating = False
+
+    async def start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        self._estimating = status in NO_SUCH_ENDPOINT
+        if not self._estimating:
+            await super().start(status, headers)
+
+    async def body(self, chunk: bytes) -> None:
+        if not self._estimating:
+            await super().body(chunk)
+
+    async def end(self) -> None:
+        if not self._estimating:
+            await super().end()
+            return
+        estimate = orjson.dumps({"input_tokens": estimate_input_tokens(self._body)})
+        await send_json(
+            self._send, 200, estimate, self._request_id, [(b"x-cc-proxy-estimate", b"true")]
+        )
+
+
+async def send_json(
+    send: Send,
+    status: int,
+    body: bytes,
+    request_id: bytes,
+    extra: list[tuple[bytes, bytes]] | None = None,
+) -> None:
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (REQUEST_ID_HEADER, request_id),
+        *(extra or ()),
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            return int(value) if value.isdigit() else None
+    return None
+
+
+async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    too_large = GatewayError(
+        413,
+        ErrorType.REQUEST_TOO_LARGE,
+        f"request body exceeds the gateway's limit of {limit} bytes (server.max_body_bytes)",
+    )
+    declared = _content_length(scope)
+    if declared is not None and declared > limit:
+        raise too_large  # answered before a byte of the body is read
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def parse_messages_body(raw: bytes) -> dict[str, Any]:
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise GatewayError(
+            400, ErrorType.INVALID_REQUEST, f"request body is not valid JSON: {exc}"
+        ) from None
+    if not isinstance(body, dict):
+        raise GatewayError(
+            400,
+            ErrorType.INVALID_REQUEST,
+            f"request body must be a JSON object, not {type(body).__name__}",
+        )
+    return body
+
+
+class Proxy:
+    def __init__(
+        self,
+        *,
+        upstreams: Mapping[str, Upstream],
+        modes: ModeSwitch,
+        shaping: TargetShaping,
+        observers: Observers,
+        shadow: Shadow,
+        tracing: ContentTracing,
+        max_body_bytes: int,
+    ) -> None:
+        self.upstreams = upstreams
+        self.modes = modes
+        self.shaping = shaping
+        self.observers = observers
+        self.shadow = shadow
+        self.tracing = tracing
+        self.max_body_bytes = max_body_bytes
+        self.session: aiohttp.ClientSession | None = None  # opened with the event loop
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        mode = self.modes.current  # read once: a switch applies to later requests
+        method = scope["method"]
+        endpoint = endpoint_of(method, scope["path"])
+        route = ROUTES[mode, endpoint]
+        upstream = self.upstreams[route.upstream]
+        request_id = uuid.uuid4().hex
+        exchange = Exchange(
+            id=request_id,
+            role=Role.PRIMARY,
+            mode=mode,
+            upstream=upstream.name,
+            method=method,
+            path=scope["path"],
+            query=scope["query_string"].decode("latin-1"),
+            is_messages=endpoint is Endpoint.MESSAGES,
+            trace_content=self.tracing.enabled,
+        )
+        rid = request_id.encode()
+        self.observers.on_start(exchange)
+        try:
+            await self._forward(scope, receive, send, exchange, route, upstream, endpoint, rid)
+        except GatewayError as error:
+            exchange.outcome = Outcome.REJECTED
+            exchange.status = error.status
+            exchange.detail = error.message
+            await send_json(send, error.status, error_body(error.kind, error.message), rid)
+        except ClientGone:
+            exchange.outcome = Outcome.CLIENT_GONE
+        finally:
+            self.observers.on_end(exchange)
+
+    async def _forward(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        exchange: Exchange,
+        route: Route,
+        upstream: Upstream,
+        endpoint: Endpoint,
+        rid: bytes,
+    ) -> None:
+        raw = await read_body(scope, receive, self.max_body_bytes)
+        exchange.request_body = raw
+        body: dict[str, Any] = {}
+        if endpoint is Endpoint.MESSAGES or route.shape:
+            body = parse_messages_body(raw)
+            model = body.get("model")
+            exchange.requested_model = exchange.model = model if isinstance(model, str) else None
+            exchange.stream = body.get("stream") is True
+        if route.shape:
+            shaped = self.shaping.shape(body, sampling=endpoint is Endpoint.MESSAGES)
+            if shaped is not None:
+                raw = shaped
+                exchange.model = self.shaping.model or exchange.model
+        if route.shadow:
+            self.shadow.send(scope, exchange, body)
+
+        limiter = upstream.limiter
+        if limiter is not None and not await limiter.acquire():
+            raise GatewayError(
+                529,
+                ErrorType.OVERLOADED,
+                f"upstream {upstream.name} is at its limit of {limiter.capacity} requests "
+                "in flight (target.max_concurrent); retry shortly",
+            )
+        try:
+            assert self.session is not None, "the client session opens at start-up"
+            headers = upstream.request_headers(scope["headers"], identity=exchange.is_messages)
+            sink = EstimatingSink(send, rid, body) if route.estimate else ClientSink(send, rid)
+            await self._relay_until_client_leaves(receive, exchange, upstream, headers, raw, sink)
+        finally:
+            if limiter is not None:
+                limiter.release()
+
+    async def _relay_until_client_leaves(
+        self,
+        receive: Receive,
+        exchange: Exchange,
+        upstream: Upstream,
+        headers: list[tuple[str, str]],
+        body: bytes,
+        sink: Sink,
+    ) -> None:
+        """Relay, and cancel the upstream request the moment the client disconnects, so a
+        self-hosted GPU stops generating for nobody."""
+        assert self.session is not None
+        relaying = asyncio.current_task()
+        assert relaying is not None
+        gone = False
+
+        async def watch() -> None:
+            nonlocal gone
+            # The body is read; the next message can only be the disconnect (uvicorn also
+            # sends it once the response is complete, by which time this task is cancelled).
+            await receive()
+            if exchange.outcome is None:
+                gone = True
+                relaying.cancel()
+
+        watcher = asyncio.create_task(watch())
+        watchers = self.observers.watchers(exchange)
+        try:
+            await relay(
+                self.session, upstream, exchange, headers, body, sink, self.observers, watchers
+            )
+        except asyncio.CancelledError:
+            if not gone:
+                raise
+            relaying.uncancel()
+            raise ClientGone from None
+        finally:
+            watcher.cancel()

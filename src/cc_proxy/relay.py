@@ -1,0 +1,187 @@
+"""The forwarding core: send one exchange upstream and relay its answer as it arrives.
+
+It knows nothing of stats, logs or traces: it fills the `Exchange` and tells the
+observers. Where the answer goes is a `Sink`: the client's ASGI connection for the
+primary answer, nowhere for compare mode's shadow copy.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import aiohttp
+
+from cc_proxy.accounting import SseFramer, account_events, account_json
+from cc_proxy.errors import ErrorType, GatewayError
+from cc_proxy.exchange import Exchange, Observer, Outcome
+from cc_proxy.upstream import SKIP_AUTO_HEADERS, Headers, Upstream
+
+# A non-streaming Messages answer larger than this is relayed but not counted.
+MAX_COUNTED_JSON_BYTES = 64 * 1024 * 1024
+
+
+class Sink:
+    """Where an answer goes. The base class discards it (the shadow's sink)."""
+
+    async def start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        """The upstream's status and headers, before any body."""
+
+    async def body(self, chunk: bytes) -> None:
+        """A piece of the body, to pass on now."""
+
+    async def end(self) -> None:
+        """The body is complete."""
+
+    async def fail(self, error: GatewayError, *, started: bool, sse: bool) -> None:
+        """The exchange failed; `started` says whether `start` was already called."""
+
+
+def _is_sse(response: aiohttp.ClientResponse) -> bool:
+    return response.content_type == "text/event-stream"
+
+
+async def relay(
+    session: aiohttp.ClientSession,
+    upstream: Upstream,
+    exchange: Exchange,
+    headers: Headers,
+    body: bytes,
+    sink: Sink,
+    observers: Observer,
+    watchers: list[Callable[[bytes], None]],
+) -> None:
+    """Forward `exchange` to `upstream` and relay the answer into `sink`.
+
+    Never raises for an upstream failure: the sink is told, and `exchange.outcome` says
+    what happened. Cancellation (the client went away) closes the upstream connection
+    at once and propagates.
+    """
+    started = False
+    sse = False
+    try:
+        try:
+            response = await session.request(
+                exchange.method,
+                upstream.url_for(exchange.path, exchange.query),
+                data=body if body else None,
+                headers=headers,
+                skip_auto_headers=SKIP_AUTO_HEADERS,
+                allow_redirects=False,
+                timeout=upstream.timeout,
+            )
+        except TimeoutError:
+            raise _failure(exchange, Outcome.TIMEOUT, 504, ErrorType.TIMEOUT, upstream) from None
+        except aiohttp.ClientError as exc:
+            raise _failure(
+                exchange, Outcome.UNREACHABLE, 502, ErrorType.API, upstream, exc
+            ) from None
+
+        try:
+            exchange.status = response.status
+            exchange.upstream_request_id = response.headers.get("request-id")
+            sse = _is_sse(response)
+            await sink.start(response.status, list(response.raw_headers))
+            started = True
+            if sse:
+                await _relay_sse(response, exchange, sink, observers, watchers)
+            else:
+                await _relay_body(response, exchange, sink, observers, watchers)
+            # Set before the last write: the client-side watcher reads it to tell a
+            # finished answer from a client that left.
+            exchange.outcome = Outcome.COMPLETE
+            await sink.end()
+        except TimeoutError:
+            raise _failure(exchange, Outcome.TIMEOUT, 504, ErrorType.TIMEOUT, upstream) from None
+        except aiohttp.ClientError as exc:
+            raise _failure(
+                exchange, Outcome.STREAM_BROKEN, 502, ErrorType.API, upstream, exc
+            ) from None
+        finally:
+            # An answer not read to its end must not go back to the pool: closing the
+            # connection is also what tells a self-hosted server to stop generating.
+            if exchange.outcome is Outcome.COMPLETE:
+                response.release()
+            else:
+                response.close()
+    except GatewayError as error:
+        await sink.fail(error, started=started, sse=sse)
+    finally:
+        exchange.finished = time.perf_counter()
+
+
+def _failure(
+    exchange: Exchange,
+    outcome: Outcome,
+    status: int,
+    kind: ErrorType,
+    upstream: Upstream,
+    exc: BaseException | None = None,
+) -> GatewayError:
+    if outcome is Outcome.TIMEOUT:
+        detail = f"upstream {upstream.name} gave no answer within {upstream.timeout.sock_read:g}s"
+    elif outcome is Outcome.STREAM_BROKEN:
+        detail = f"upstream {upstream.name} failed mid-answer: {_reason(exc)}"
+    else:
+        detail = f"upstream {upstream.name} unreachable: {_reason(exc)}"
+    exchange.outcome = outcome
+    exchange.detail = detail
+    return GatewayError(status, kind, detail)
+
+
+def _reason(exc: BaseException | None) -> str:
+    text = str(exc) if exc is not None else ""
+    return text or type(exc).__name__
+
+
+async def _relay_sse(
+    response: aiohttp.ClientResponse,
+    exchange: Exchange,
+    sink: Sink,
+    observers: Observer,
+    watchers: list[Callable[[bytes], None]],
+) -> None:
+    framer = SseFramer()
+    counting = exchange.is_messages
+    async for chunk in response.content.iter_any():
+        if exchange.first_byte is None:
+            exchange.first_byte = time.perf_counter()
+            observers.on_first_byte(exchange)
+        events = framer.feed(chunk)
+        if events:
+            await sink.body(events)
+            # counted once passed on: the stats count what the client was given
+            if counting:
+                account_events(events, exchange.usage)
+            for watch in watchers:
+                watch(events)
+    # What is left is an event the upstream never ended; clients drop such an event,
+    # so it is passed on unchanged but not counted.
+    tail = framer.flush()
+    if tail:
+        for watch in watchers:
+            watch(tail)
+        await sink.body(tail)
+
+
+async def _relay_body(
+    response: aiohttp.ClientResponse,
+    exchange: Exchange,
+    sink: Sink,
+    observers: Observer,
+    watchers: list[Callable[[bytes], None]],
+) -> None:
+    collected: bytearray | None = bytearray() if exchange.is_messages else None
+    async for chunk in response.content.iter_any():
+        if exchange.first_byte is None:
+            exchange.first_byte = time.perf_counter()
+            observers.on_first_byte(exchange)
+        if collected is not None:
+            collected += chunk
+            if len(collected) > MAX_COUNTED_JSON_BYTES:
+                collected = None
+        for watch in watchers:
+            watch(chunk)
+        await sink.body(chunk)
+    if collected is not None:
+        account_json(bytes(collected), exchange.usage)

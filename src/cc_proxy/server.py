@@ -1,0 +1,102 @@
+"""Serving: uvicorn (uvloop + httptools) on a socket the gateway binds itself, so that the
+log names the real port even when the configuration asks for port 0."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import signal
+import socket
+from collections.abc import Callable
+
+import uvicorn
+
+from cc_proxy.app import Gateway
+from cc_proxy.config import Settings, parse_listen_address
+
+log = logging.getLogger("cc_proxy")
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format=LOG_FORMAT, force=True)
+    # Our access line per exchange says more than uvicorn's.
+    logging.getLogger("uvicorn.access").disabled = True
+
+
+def bind(listen_address: str) -> socket.socket:
+    host, port = parse_listen_address(listen_address)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def url_of(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    return f"http://{shown}:{port}"
+
+
+def uvicorn_server(gateway: Gateway) -> uvicorn.Server:
+    config = uvicorn.Config(
+        gateway,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        log_config=None,
+        access_log=False,
+        # The upstream's own Server and Date headers are relayed unchanged.
+        server_header=False,
+        date_header=False,
+        timeout_graceful_shutdown=int(gateway.settings.server.shutdown_grace_secs),
+    )
+    return uvicorn.Server(config)
+
+
+def warn_if_exposed(settings: Settings) -> None:
+    host, _ = parse_listen_address(settings.server.listen_address)
+    if not is_loopback(host) and settings.server.admin_token is None:
+        log.warning(
+            "listening on %s without an admin token: anyone who can reach it can switch "
+            "the mode; set CC_SERVER__ADMIN_TOKEN to require one",
+            settings.server.listen_address,
+        )
+
+
+def serve(settings: Settings, on_listening: Callable[[str], None] | None = None) -> int:
+    """Run the gateway until SIGTERM or SIGINT; streams in flight get the grace period."""
+    gateway = Gateway(settings)
+    sock = bind(settings.server.listen_address)
+    server = uvicorn_server(gateway)
+    warn_if_exposed(settings)
+    url = url_of(sock)
+    log.info(
+        "cc-proxy listening on %s, mode %s, target %s, passthrough %s",
+        url,
+        gateway.modes.current.value,
+        "configured" if "target" in gateway.upstreams else "none",
+        settings.passthrough.url,
+    )
+    if on_listening is not None:
+        on_listening(url)
+    # uvicorn re-raises the signal it stopped for once it is done; with a handler that
+    # does nothing, a signalled shutdown that drained cleanly exits 0.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
+    server.run(sockets=[sock])
+    log.info("cc-proxy stopped")
+    return 0

@@ -1,0 +1,110 @@
+"""Compare mode's shadow copy: the target-shaped request, sent fire-and-forget.
+
+The shadow shares the target's `max_concurrent` slots but never waits for one: when the
+target is saturated the copy is dropped and counted. Nothing on this path can delay or
+fail the client's request: it runs in its own task and its answer goes nowhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+from starlette.types import Scope
+
+from cc_proxy.exchange import Exchange, Observers, Outcome, Role
+from cc_proxy.relay import Sink, relay
+from cc_proxy.shaping import TargetShaping
+from cc_proxy.upstream import Upstream
+
+log = logging.getLogger("cc_proxy.shadow")
+
+
+class Shadow:
+    def __init__(
+        self,
+        target: Upstream | None,
+        shaping: TargetShaping,
+        observers: Observers,
+        session: Callable[[], aiohttp.ClientSession | None],
+    ) -> None:
+        self._target = target
+        self._shaping = shaping
+        self._observers = observers
+        self._session = session
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def send(self, scope: Scope, primary: Exchange, body: dict[str, Any]) -> None:
+        target = self._target
+        session = self._session()
+        if target is None or session is None:
+            return
+        shadow = Exchange(
+            id=primary.id,
+            role=Role.SHADOW,
+            mode=primary.mode,
+            upstream=target.name,
+            method=primary.method,
+            path=primary.path,
+            query=primary.query,
+            is_messages=primary.is_messages,
+            requested_model=primary.requested_model,
+            model=self._shaping.model or primary.requested_model,
+            stream=primary.stream,
+            trace_content=primary.trace_content,
+            request_body=primary.request_body,
+        )
+        limiter = target.limiter
+        if limiter is not None and not limiter.try_acquire():
+            shadow.outcome = Outcome.DROPPED
+            shadow.detail = "target saturated (target.max_concurrent)"
+            self._observers.on_start(shadow)
+            shadow.finished = shadow.started
+            self._observers.on_end(shadow)
+            return
+        task = asyncio.create_task(self._run(session, target, scope["headers"], shadow, body))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(
+        self,
+        session: aiohttp.ClientSession,
+        target: Upstream,
+        client_headers: list[tuple[bytes, bytes]],
+        shadow: Exchange,
+        body: dict[str, Any],
+    ) -> None:
+        try:
+            self._observers.on_start(shadow)
+            shadow.request_body = self._shaping.shape(body, sampling=True) or shadow.request_body
+            raw = shadow.request_body
+            headers = target.request_headers(client_headers, identity=True)
+            watchers = self._observers.watchers(shadow)
+            await relay(session, target, shadow, headers, raw, Sink(), self._observers, watchers)
+        except asyncio.CancelledError:
+            shadow.outcome = Outcome.CLIENT_GONE
+            shadow.detail = "cancelled at shutdown"
+            raise
+        except Exception:  # a shadow must never take anything else down with it
+            log.exception("shadow request %s failed", shadow.id)
+        finally:
+            if target.limiter is not None:
+                target.limiter.release()
+            self._observers.on_end(shadow)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._tasks)
+
+    async def drain(self, grace_secs: float) -> None:
+        """Let shadow copies finish for up to `grace_secs`, then cancel the rest."""
+        if not self._tasks:
+            return
+        _, pending = await asyncio.wait(set(self._tasks), timeout=grace_secs)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending)

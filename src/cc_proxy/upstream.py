@@ -1,0 +1,143 @@
+"""The two upstreams, described as data: where they are, whose credentials they get,
+how long they may take, and how many requests they may have in flight."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import aiohttp
+
+# RFC 9110 §7.6.1, plus the pre-standard Proxy-Connection.
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+# Set by aiohttp for the upstream connection.
+_SET_FOR_UPSTREAM = frozenset({"host", "content-length"})
+CLIENT_CREDENTIALS = frozenset({"x-api-key", "authorization"})
+# aiohttp adds these when absent; a relay must send only what the client sent.
+SKIP_AUTO_HEADERS = frozenset({"Accept", "Accept-Encoding", "User-Agent", "Content-Type"})
+
+Headers = list[tuple[str, str]]
+
+
+class Limiter:
+    """At most `capacity` requests in flight; a newcomer waits up to `wait_secs` for a slot.
+
+    A released slot is handed straight to the longest waiter, so waiting is fair and the
+    count never dips below the true number in flight.
+    """
+
+    def __init__(self, capacity: int, wait_secs: float) -> None:
+        self.capacity = capacity
+        self.wait_secs = wait_secs
+        self.in_flight = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    def try_acquire(self) -> bool:
+        """Take a slot only if one is free now (shadow traffic never waits)."""
+        if self.in_flight < self.capacity and not self._waiters:
+            self.in_flight += 1
+            return True
+        return False
+
+    async def acquire(self) -> bool:
+        """Take a slot, waiting at most `wait_secs`; False when none came free."""
+        if self.try_acquire():
+            return True
+        if self.wait_secs <= 0:
+            return False
+        slot: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(slot)
+        try:
+            async with asyncio.timeout(self.wait_secs):
+                await slot
+        except TimeoutError:
+            # The slot may have been handed over just as the wait ran out.
+            return slot.done() and not slot.cancelled()
+        except BaseException:
+            if slot.done() and not slot.cancelled():
+                self.release()
+            raise
+        finally:
+            if not slot.done():
+                slot.cancel()
+            with contextlib.suppress(ValueError):
+                self._waiters.remove(slot)
+        return True
+
+    def release(self) -> None:
+        while self._waiters:
+            slot = self._waiters.popleft()
+            if not slot.done():
+                slot.set_result(None)  # the slot passes on; in_flight is unchanged
+                return
+        self.in_flight -= 1
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    name: str  # "target" or "passthrough": the word used in logs, traces and stats
+    url: str  # base URL without a trailing slash; the client's path and query follow it
+    timeout: aiohttp.ClientTimeout
+    # Whether the client's x-api-key / authorization are forwarded. When not, the
+    # gateway's own credentials for this upstream (if any) are sent instead.
+    forwards_client_credentials: bool
+    credentials: Headers
+    limiter: Limiter | None = None
+
+    def url_for(self, path: str, query: str) -> str:
+        return f"{self.url}{path}?{query}" if query else f"{self.url}{path}"
+
+    def request_headers(
+        self, client_headers: Iterable[tuple[bytes, bytes]], *, identity: bool
+    ) -> Headers:
+        """The client's headers as this upstream must see them.
+
+        `identity` asks the upstream for an uncompressed answer, which the gateway reads
+        to count tokens.
+        """
+        dropped = _connection_tokens(client_headers) | HOP_BY_HOP | _SET_FOR_UPSTREAM
+        if not self.forwards_client_credentials:
+            dropped |= CLIENT_CREDENTIALS
+        if identity:
+            dropped |= {"accept-encoding"}
+        headers = [
+            (name.decode("latin-1"), value.decode("latin-1"))
+            for name, value in client_headers
+            if name.decode("latin-1").lower() not in dropped
+        ]
+        if not self.forwards_client_credentials:
+            headers.extend(self.credentials)
+        if identity:
+            headers.append(("accept-encoding", "identity"))
+        return headers
+
+
+def _connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> set[str]:
+    """Header names listed in `Connection`, which are hop-by-hop as well."""
+    tokens: set[str] = set()
+    for name, value in headers:
+        if name.lower() == b"connection":
+            tokens.update(t.strip().lower() for t in value.decode("latin-1").split(","))
+    return tokens
+
+
+def response_headers(upstream_headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """The upstream's response headers for the client: all but the hop-by-hop ones."""
+    pairs = list(upstream_headers)
+    dropped = _connection_tokens(pairs) | HOP_BY_HOP
+    return [(name, value) for name, value in pairs if name.decode("latin-1").lower() not in dropped]
