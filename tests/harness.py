@@ -1,0 +1,260 @@
+"""Real servers on 127.0.0.1 for the tests: scripted stand-in upstreams and cc-proxy itself.
+
+Nothing of the HTTP layer is mocked: the upstreams are aiohttp servers on ephemeral
+ports, cc-proxy is the real uvicorn server, and the tests talk to it over sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import orjson
+from aiohttp import web
+from multidict import CIMultiDict
+
+from cc_proxy.app import Gateway
+from cc_proxy.config import Settings
+from cc_proxy.server import bind, url_of, uvicorn_server
+from cc_proxy.standin import answer, message_events
+
+FIXTURES = Path(__file__).parent / "fixtures" / "claude-code-2.1.197"
+T = TypeVar("T")
+
+
+def load_fixture(name: str) -> tuple[str, dict[str, str], bytes]:
+    """A recorded Claude Code request: path with query, headers to resend, body bytes."""
+    recorded = json.loads((FIXTURES / f"{name}.json").read_text())
+    skip = {"host", "content-length", "connection"}
+    headers = {k: v for k, v in recorded["headers"].items() if k.lower() not in skip}
+    return recorded["path"], headers, json.dumps(recorded["body"]).encode()
+
+
+class LoopThread:
+    """An asyncio loop in a daemon thread, for upstream servers the tests drive."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 30) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(5)
+
+
+@dataclass
+class Seen:
+    """A request as an upstream received it."""
+
+    method: str
+    path: str
+    query: str
+    headers: CIMultiDict[str]
+    body: bytes
+
+    def json(self) -> Any:
+        return orjson.loads(self.body)
+
+
+Responder = Callable[[web.Request, "ScriptedUpstream"], Awaitable[web.StreamResponse]]
+
+
+@dataclass
+class Reply:
+    """One scripted answer. Build with the class methods."""
+
+    respond: Responder
+
+    @classmethod
+    def json(cls, body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Reply:
+        raw = body if isinstance(body, bytes) else orjson.dumps(body)
+
+        async def respond(request: web.Request, up: ScriptedUpstream) -> web.StreamResponse:
+            return web.Response(
+                body=raw,
+                status=status,
+                headers={"content-type": "application/json", **(headers or {})},
+            )
+
+        return cls(respond)
+
+    @classmethod
+    def sse(
+        cls,
+        events: list[bytes],
+        *,
+        delay: float = 0.0,
+        status: int = 200,
+        headers: dict[str, str] | None = None,
+        then: str = "end",
+    ) -> Reply:
+        """Each item of `events` is written on its own; `then` is "end", "close" (the
+        connection drops without an end) or "hang" (nothing more is ever sent)."""
+
+        async def respond(request: web.Request, up: ScriptedUpstream) -> web.StreamResponse:
+            response = web.StreamResponse(
+                status=status,
+                headers={"content-type": "text/event-stream", **(headers or {})},
+            )
+            await response.prepare(request)
+            try:
+                for event in events:
+                    await response.write(event)
+                    if delay:
+                        await asyncio.sleep(delay)
+            except (ConnectionError, RuntimeError, asyncio.CancelledError):
+                up.aborted.append(time.monotonic())
+                raise
+            if then == "close":
+                assert request.transport is not None
+                request.transport.close()
+                return response
+            if then == "hang":
+                await asyncio.sleep(3600)
+            await response.write_eof()
+            up.completed += 1
+            return response
+
+        return cls(respond)
+
+    @classmethod
+    def hang(cls) -> Reply:
+        """Accept the request and never answer."""
+
+        async def respond(request: web.Request, up: ScriptedUpstream) -> web.StreamResponse:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                up.aborted.append(time.monotonic())
+                raise
+            raise AssertionError("unreachable")
+
+        return cls(respond)
+
+    @classmethod
+    def model(cls, *, delay: float = 0.0) -> Reply:
+        """Answer like the stand-in model, streaming when the request asks to."""
+
+        async def respond(request: web.Request, up: ScriptedUpstream) -> web.StreamResponse:
+            body = orjson.loads(await request.read())
+            message = answer(body)
+            if body.get("stream") is True:
+                return await cls.sse(message_events(message), delay=delay).respond(request, up)
+            return await cls.json(message).respond(request, up)
+
+        return cls(respond)
+
+
+@dataclass
+class ScriptedUpstream:
+    """A stand-in upstream that records every request and answers from a script.
+
+    With the script empty it answers like the stand-in model.
+    """
+
+    name: str
+    url: str = ""
+    seen: list[Seen] = field(default_factory=list)
+    script: deque[Reply] = field(default_factory=deque)
+    aborted: list[float] = field(default_factory=list)
+    completed: int = 0
+    runner: web.AppRunner | None = None
+
+    def queue(self, *replies: Reply) -> None:
+        self.script.extend(replies)
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        self.seen.append(
+            Seen(
+                request.method,
+                request.path,
+                request.query_string,
+                CIMultiDict(request.headers),
+                body,
+            )
+        )
+        reply = self.script.popleft() if self.script else Reply.model()
+        return await reply.respond(request, self)
+
+    async def start(self) -> None:
+        app = web.Application(client_max_size=256 * 1024 * 1024)
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self.runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
+        await self.runner.setup()
+        sock = socket.create_server(("127.0.0.1", 0))
+        await web.SockSite(self.runner, sock).start()
+        self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+    async def stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+
+
+def settings_for(
+    target: ScriptedUpstream | None,
+    passthrough: ScriptedUpstream | None,
+    **sections: Any,
+) -> Settings:
+    """Settings for a test gateway; `sections` are merged into the named sections."""
+    values: dict[str, Any] = {
+        "server": {"listen_address": "127.0.0.1:0", "shutdown_grace_secs": 5},
+        "target": {"url": target.url if target else None, "model": "glm-5"},
+        "passthrough": {"url": passthrough.url if passthrough else "http://127.0.0.1:9"},
+    }
+    for key, value in sections.items():
+        if isinstance(value, dict):
+            values[key] = {**values.get(key, {}), **value}
+        else:
+            values[key] = value
+    if values["target"].get("url") is None:
+        del values["target"]["url"]
+    return Settings(**values)
+
+
+class RunningGateway:
+    """cc-proxy's real server (uvicorn, httptools) in a thread, on an ephemeral port."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.gateway = Gateway(settings)
+        self.server = uvicorn_server(self.gateway)
+        sock = bind(settings.server.listen_address)
+        self.url = url_of(sock)
+        self._thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [sock]}, daemon=True
+        )
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            if time.monotonic() > deadline or not self._thread.is_alive():
+                raise RuntimeError("cc-proxy did not start")
+            time.sleep(0.005)
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        return self.gateway.stats.snapshot()
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self._thread.join(15)
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.005)
+    return condition()
