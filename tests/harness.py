@@ -186,7 +186,12 @@ class ScriptedUpstream:
                 body,
             )
         )
-        reply = self.script.popleft() if self.script else Reply.model()
+        if self.script:
+            reply = self.script.popleft()
+        elif request.method == "POST" and request.path == "/v1/messages":
+            reply = Reply.model()
+        else:
+            reply = Reply.json({"type": "error", "error": {"type": "not_found_error"}}, 404)
         return await reply.respond(request, self)
 
     async def start(self) -> None:
@@ -206,6 +211,7 @@ class ScriptedUpstream:
 def settings_for(
     target: ScriptedUpstream | None,
     passthrough: ScriptedUpstream | None,
+    /,
     **sections: Any,
 ) -> Settings:
     """Settings for a test gateway; `sections` are merged into the named sections."""

@@ -6,22 +6,35 @@
 from __future__ import annotations
 
 import logging
+import uuid
 
 import aiohttp
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from cc_proxy.admin import build_admin
 from cc_proxy.config import Settings
 from cc_proxy.exchange import Observers
 from cc_proxy.logs import AccessLog, ContentLog
 from cc_proxy.modes import Mode, ModeSwitch
-from cc_proxy.proxy import ContentTracing, Proxy
+from cc_proxy.proxy import REQUEST_ID_HEADER, ContentTracing, Proxy
 from cc_proxy.shadow import Shadow
 from cc_proxy.shaping import TargetShaping
 from cc_proxy.stats import Stats
 from cc_proxy.upstream import Limiter, Upstream
 
 log = logging.getLogger("cc_proxy")
+
+
+def _with_request_id(send: Send) -> Send:
+    """The gateway's own answers carry a correlation id too (SPEC.md §3)."""
+    request_id = uuid.uuid4().hex.encode()
+
+    async def send_with_id(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message["headers"] = [*message.get("headers", ()), (REQUEST_ID_HEADER, request_id)]
+        await send(message)
+
+    return send_with_id
 
 
 def _timeout(secs: float) -> aiohttp.ClientTimeout:
@@ -90,7 +103,7 @@ class Gateway:
         if scope["type"] == "http":
             path: str = scope["path"]
             if path == "/health" or path.startswith("/api/"):
-                await self.admin(scope, receive, send)
+                await self.admin(scope, receive, _with_request_id(send))
             else:
                 await self.proxy(scope, receive, send)
         elif scope["type"] == "lifespan":
