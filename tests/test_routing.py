@@ -197,9 +197,7 @@ def test_upstream_status_and_headers_reach_the_client_unchanged(
 @pytest.mark.parametrize("path", ["/v1/messages", "/v1/models", "/health", "/api/stats"])
 def test_every_response_carries_a_correlation_id(gateway: RunningGateway, path: str) -> None:
     with httpx.Client(base_url=gateway.url) as http:
-        resp = (
-            http.post(path, json=HELLO) if path == "/v1/messages" else http.get(path)
-        )
+        resp = http.post(path, json=HELLO) if path == "/v1/messages" else http.get(path)
     assert len(resp.headers["x-cc-proxy-request-id"]) == 32
 
 
