@@ -216,7 +216,7 @@ def settings_for(
 ) -> Settings:
     """Settings for a test gateway; `sections` are merged into the named sections."""
     values: dict[str, Any] = {
-        "server": {"listen_address": "127.0.0.1:0", "shutdown_grace_secs": 5},
+        "server": {"listen_address": "127.0.0.1:0", "shutdown_grace_secs": 1},
         "target": {"url": target.url if target else None, "model": "glm-5"},
         "passthrough": {"url": passthrough.url if passthrough else "http://127.0.0.1:9"},
     }

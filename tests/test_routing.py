@@ -10,9 +10,9 @@ import httpx
 import orjson
 import pytest
 
+from cc_proxy.standin import answer, message_events
 from conftest import CLIENT_KEY, GatewayFactory
 from harness import Reply, RunningGateway, ScriptedUpstream, load_fixture
-from cc_proxy.standin import answer, message_events
 
 HELLO = {
     "model": "claude-test-model",
@@ -51,7 +51,8 @@ def test_events_split_across_writes_or_merged_in_one_are_relayed_unchanged(
     stream = b"".join(message_events(answer(HELLO)))
     # one event cut into 7-byte writes, then the rest of the stream in a single write
     first_event_end = stream.index(b"\n\n") + 2
-    pieces = [stream[i : i + 7] for i in range(0, first_event_end, 7)]
+    first_event = stream[:first_event_end]
+    pieces = [first_event[i : i + 7] for i in range(0, first_event_end, 7)]
     target.queue(Reply.sse([*pieces, stream[first_event_end:]]))
     _, raw = post_raw(gateway, orjson.dumps({**HELLO, "stream": True}))
     assert raw == stream
@@ -217,7 +218,7 @@ class TestCountTokens:
         self, gateway: RunningGateway, target: ScriptedUpstream
     ) -> None:
         target.queue(Reply.json({"detail": "Not Found"}, status=404))
-        path, headers, body = load_fixture("basic")
+        _path, headers, body = load_fixture("basic")
         resp, raw = post_raw(gateway, body, "/v1/messages/count_tokens", **headers)
         assert resp.status_code == 200
         estimate = orjson.loads(raw)
@@ -238,7 +239,7 @@ class TestCountTokens:
         self, gateway: RunningGateway, target: ScriptedUpstream
     ) -> None:
         target.queue(Reply.json({"input_tokens": 1234}))
-        resp, raw = post_raw(gateway, orjson.dumps(HELLO), "/v1/messages/count_tokens")
+        _resp, raw = post_raw(gateway, orjson.dumps(HELLO), "/v1/messages/count_tokens")
         assert orjson.loads(raw) == {"input_tokens": 1234}
         sent = target.seen[0].json()
         assert sent["model"] == "glm-5"
@@ -253,7 +254,7 @@ class TestCountTokens:
         gateway = start_gateway(default_mode="compare")
         passthrough.queue(Reply.json({"input_tokens": 7}))
         body = orjson.dumps(HELLO)
-        resp, raw = post_raw(gateway, body, "/v1/messages/count_tokens")
+        _resp, raw = post_raw(gateway, body, "/v1/messages/count_tokens")
         assert orjson.loads(raw) == {"input_tokens": 7}
         assert passthrough.seen[0].body == body
         assert target.seen == []

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import anthropic
 import httpx
 import orjson
 
-from harness import Reply, RunningGateway, ScriptedUpstream
 from cc_proxy.standin import answer, message_events, sse_event
+from harness import Reply, RunningGateway, ScriptedUpstream
 
 TOOLS = [{"name": "Bash", "description": "run", "input_schema": {"type": "object"}}]
 ASK: dict[str, Any] = {
@@ -133,10 +134,8 @@ def test_upstream_error_answer_counts_a_request_and_an_error_but_no_tokens(
 ) -> None:
     error = {"type": "error", "error": {"type": "api_error", "message": "boom"}}
     target.queue(Reply.json(error, status=500))
-    try:
+    with contextlib.suppress(anthropic.InternalServerError):
         client.messages.create(**ASK)
-    except anthropic.InternalServerError:
-        pass
     figures = stats(gateway)
     assert (figures["total_requests"], figures["errors"]) == (1, 1)
     assert (figures["input_tokens"], figures["output_tokens"]) == (0, 0)
