@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 import anthropic
 import httpx
 import orjson
+import pytest
 
 from cc_proxy.standin import answer, message_events, sse_event
 from harness import Reply, RunningGateway, ScriptedUpstream
@@ -134,7 +134,7 @@ def test_upstream_error_answer_counts_a_request_and_an_error_but_no_tokens(
 ) -> None:
     error = {"type": "error", "error": {"type": "api_error", "message": "boom"}}
     target.queue(Reply.json(error, status=500))
-    with contextlib.suppress(anthropic.InternalServerError):
+    with pytest.raises(anthropic.InternalServerError):
         client.messages.create(**ASK)
     figures = stats(gateway)
     assert (figures["total_requests"], figures["errors"]) == (1, 1)
