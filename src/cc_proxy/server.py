@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import math
 import signal
 import socket
 from collections.abc import Callable
 
 import uvicorn
 
+from cc_proxy.admin import redact_url
 from cc_proxy.app import Gateway
 from cc_proxy.config import Settings, parse_listen_address
 
@@ -62,7 +64,7 @@ def uvicorn_server(gateway: Gateway) -> uvicorn.Server:
         # The upstream's own Server and Date headers are relayed unchanged.
         server_header=False,
         date_header=False,
-        timeout_graceful_shutdown=int(gateway.settings.server.shutdown_grace_secs),
+        timeout_graceful_shutdown=math.ceil(gateway.settings.server.shutdown_grace_secs),
     )
     return uvicorn.Server(config)
 
@@ -89,7 +91,7 @@ def serve(settings: Settings, on_listening: Callable[[str], None] | None = None)
         url,
         gateway.modes.current.value,
         "configured" if "target" in gateway.upstreams else "none",
-        settings.passthrough.url,
+        redact_url(settings.passthrough.url),
     )
     if on_listening is not None:
         on_listening(url)
