@@ -130,6 +130,25 @@ class Reply:
         return cls(respond)
 
     @classmethod
+    def gated(cls, first: bytes, rest: bytes, gate: threading.Event, content_type: str) -> Reply:
+        """Send `first`, wait until the test sets `gate`, then send `rest`.
+
+        A relay that buffered the answer whole would never let the client see `first`.
+        """
+
+        async def respond(request: web.Request, up: ScriptedUpstream) -> web.StreamResponse:
+            response = web.StreamResponse(headers={"content-type": content_type})
+            await response.prepare(request)
+            await response.write(first)
+            await asyncio.to_thread(gate.wait, 10)
+            await response.write(rest)
+            await response.write_eof()
+            up.completed += 1
+            return response
+
+        return cls(respond)
+
+    @classmethod
     def hang(cls) -> Reply:
         """Accept the request and never answer."""
 

@@ -4,6 +4,7 @@ client gets back — byte for byte."""
 from __future__ import annotations
 
 import json
+import threading
 
 import anthropic
 import httpx
@@ -258,3 +259,27 @@ class TestCountTokens:
         assert orjson.loads(raw) == {"input_tokens": 7}
         assert passthrough.seen[0].body == body
         assert target.seen == []
+
+
+@pytest.mark.parametrize(
+    "content_type", ["text/event-stream", "application/json"], ids=["sse", "json"]
+)
+def test_answers_are_relayed_as_they_arrive_not_buffered_whole(
+    gateway: RunningGateway, target: ScriptedUpstream, content_type: str
+) -> None:
+    stream = b"".join(message_events(answer(HELLO)))
+    first_event_end = stream.index(b"\n\n") + 2
+    gate = threading.Event()
+    target.queue(
+        Reply.gated(stream[:first_event_end], stream[first_event_end:], gate, content_type)
+    )
+    received = b""
+    with (
+        httpx.Client(timeout=10) as http,
+        http.stream("POST", gateway.url + "/v1/messages", json={**HELLO, "stream": True}) as resp,
+    ):
+        for chunk in resp.iter_raw():
+            received += chunk
+            if len(received) >= first_event_end:
+                gate.set()  # the upstream sends the rest only once the first part got through
+    assert received == stream
