@@ -6,12 +6,15 @@ The core fills an `Exchange` and tells the observers what happened to it; the ob
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
 from cc_proxy.modes import Mode
+
+log = logging.getLogger("cc_proxy")
 
 
 class Role(StrEnum):
@@ -103,7 +106,11 @@ class Observer:
 
 
 class Observers(Observer):
-    """Fans each hook out to the observers it holds, in order."""
+    """Fans each hook out to the observers it holds, in order.
+
+    An observer that raises is logged and skipped: a broken observer must never break a
+    client's request.
+    """
 
     def __init__(self, observers: Sequence[Observer] = ()) -> None:
         self._observers = list(observers)
@@ -113,16 +120,37 @@ class Observers(Observer):
 
     def on_start(self, exchange: Exchange) -> None:
         for observer in self._observers:
-            observer.on_start(exchange)
+            try:
+                observer.on_start(exchange)
+            except Exception:
+                _log_failure(observer, "on_start")
 
     def on_first_byte(self, exchange: Exchange) -> None:
         for observer in self._observers:
-            observer.on_first_byte(exchange)
+            try:
+                observer.on_first_byte(exchange)
+            except Exception:
+                _log_failure(observer, "on_first_byte")
 
     def on_end(self, exchange: Exchange) -> None:
         for observer in self._observers:
-            observer.on_end(exchange)
+            try:
+                observer.on_end(exchange)
+            except Exception:
+                _log_failure(observer, "on_end")
 
     def watchers(self, exchange: Exchange) -> list[Callable[[bytes], None]]:
-        found = (observer.body_watcher(exchange) for observer in self._observers)
-        return [watcher for watcher in found if watcher is not None]
+        found = []
+        for observer in self._observers:
+            try:
+                watcher = observer.body_watcher(exchange)
+            except Exception:
+                _log_failure(observer, "body_watcher")
+                continue
+            if watcher is not None:
+                found.append(watcher)
+        return found
+
+
+def _log_failure(observer: Observer, hook: str) -> None:
+    log.exception("observer %s failed in %s", type(observer).__name__, hook)
