@@ -172,3 +172,21 @@ def test_counts_accumulate_over_requests(
     assert figures["total_requests"] == 3
     assert figures["output_tokens"] == sum(outputs)
     assert figures["requests_by_mode"] == {"target": 3}
+
+
+def test_a_failing_observer_does_not_break_requests_or_the_other_observers(
+    client: anthropic.Anthropic, gateway: RunningGateway
+) -> None:
+    from cc_proxy.exchange import Exchange, Observer
+
+    class Broken(Observer):
+        def on_start(self, exchange: Exchange) -> None:
+            raise RuntimeError("observer bug")
+
+        def on_end(self, exchange: Exchange) -> None:
+            raise RuntimeError("observer bug")
+
+    gateway.gateway.observers.add(Broken())
+    message = client.messages.create(**ASK)
+    assert message.usage.output_tokens > 0
+    assert stats(gateway)["total_requests"] == 1
