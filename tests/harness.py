@@ -206,6 +206,7 @@ class ScriptedUpstream:
 def settings_for(
     target: ScriptedUpstream | None,
     passthrough: ScriptedUpstream | None,
+    /,
     **sections: Any,
 ) -> Settings:
     """Settings for a test gateway; `sections` are merged into the named sections."""
