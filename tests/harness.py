@@ -149,6 +149,22 @@ class Reply:
         return cls(respond)
 
     @classmethod
+    def close_delimited(cls, body: bytes, content_type: str = "text/event-stream") -> Reply:
+        """An HTTP/1.0-style answer: no length, no chunking; the body ends when the
+        connection closes."""
+
+        async def respond(request: web.Request, up: ScriptedUpstream) -> web.StreamResponse:
+            transport = request.transport
+            assert transport is not None
+            head = f"HTTP/1.1 200 OK\r\ncontent-type: {content_type}\r\nconnection: close\r\n\r\n"
+            transport.write(head.encode() + body)
+            transport.close()
+            await asyncio.sleep(3600)  # the connection is gone; aiohttp cancels this
+            raise AssertionError("unreachable")
+
+        return cls(respond)
+
+    @classmethod
     def hang(cls) -> Reply:
         """Accept the request and never answer."""
 

@@ -766,3 +766,26 @@ def test_upstream_error_answer_passes_through_with_status_body_and_headers_uncha
     assert caught.value.request_id == RATE_LIMIT_HEADERS["request-id"]
     assert len(upstream.seen) == 1
     assert wait_until(lambda: stats(gateway)["total_requests"] == 1)
+
+
+@pytest.mark.parametrize("complete", [True, False], ids=["with-message_stop", "cut-short"])
+def test_close_delimited_stream_is_broken_only_without_message_stop(
+    start_gateway: GatewayFactory, target: ScriptedUpstream, complete: bool
+) -> None:
+    body, _ = fixture_request()
+    events = stream_events(body)
+    sent = events if complete else events[:5]
+    target.queue(Reply.close_delimited(b"".join(sent)))
+    gateway = start_gateway()
+    with httpx.Client(timeout=30) as http:
+        raw = http.post(gateway.url + "/v1/messages", json={**body, "stream": True}).content
+    assert raw.startswith(b"".join(sent))
+    rest = raw[len(b"".join(sent)) :]
+    if complete:
+        assert rest == b""
+    else:
+        tail = sse_events(rest)
+        assert len(tail) == 1
+        check_sse_error(*tail[0], "api_error")
+    assert wait_until(lambda: stats(gateway)["total_requests"] == 1)
+    assert stats(gateway)["errors"] == (0 if complete else 1)

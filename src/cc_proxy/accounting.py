@@ -1,7 +1,7 @@
 """SSE framing and token accounting of Messages API answers.
 
-Only `message_start`, `content_block_start`, `message_delta` and `error` events carry
-what is counted; the many `content_block_delta` events are recognised by their `event:`
+Only `message_start`, `content_block_start`, `message_delta`, `message_stop` and `error`
+events carry what is counted; the many `content_block_delta` events are recognised by their `event:`
 line and never decoded.
 """
 
@@ -16,7 +16,9 @@ from cc_proxy.exchange import Usage
 # Anthropic, vLLM and SGLang end SSE lines with "\n"; "\r\n" is accepted too.
 _LF_BOUNDARY = b"\n\n"
 _CRLF_BOUNDARY = b"\r\n\r\n"
-_COUNTED = frozenset({b"message_start", b"message_delta", b"content_block_start", b"error"})
+_COUNTED = frozenset(
+    {b"message_start", b"message_delta", b"content_block_start", b"message_stop", b"error"}
+)
 _COUNTED_NAMES = tuple(_COUNTED)
 # An upstream that never ends an event must not make the gateway hold its stream.
 MAX_HELD_BYTES = 1024 * 1024
@@ -136,6 +138,8 @@ def _account_event(event: dict[str, Any], usage: Usage) -> None:
         _account_usage(_dict(message.get("usage")), usage)
         if isinstance(message.get("model"), str):
             usage.model = message["model"]
+    elif kind == "message_stop":
+        usage.stopped = True
     elif kind == "error":
         usage.error_type = str(_dict(event.get("error")).get("type") or "error")
 
@@ -166,5 +170,6 @@ def account_json(body: bytes, usage: Usage) -> None:
         )
     if isinstance(answer.get("stop_reason"), str):
         usage.stop_reason = answer["stop_reason"]
+    usage.stopped = answer.get("type") == "message"
     if isinstance(answer.get("model"), str):
         usage.model = answer["model"]

@@ -45,6 +45,7 @@ class Usage:
     model: str | None = None
     # `type` of an Anthropic error: an error body, or an SSE `event: error`
     error_type: str | None = None
+    stopped: bool = False  # the answer reached `message_stop` (or was a whole message)
 
 
 @dataclass(slots=True)

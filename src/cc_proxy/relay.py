@@ -155,6 +155,12 @@ async def _relay_sse(
                 account_events(events, exchange.usage)
             for watch in watchers:
                 watch(events)
+    usage = exchange.usage
+    if counting and (exchange.status or 0) < 400 and not usage.stopped and not usage.error_type:
+        # A close-delimited stream that ends early looks like a normal end to the HTTP
+        # layer; without message_stop it is a broken answer all the same. What is held
+        # back is a partial event and is dropped, as below.
+        raise aiohttp.ClientPayloadError("the stream ended before message_stop")
     # What is left is an event the upstream never ended; clients drop such an event,
     # so it is passed on unchanged but not counted.
     tail = framer.flush()
