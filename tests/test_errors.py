@@ -789,3 +789,36 @@ def test_close_delimited_stream_is_broken_only_without_message_stop(
         check_sse_error(*tail[0], "api_error")
     assert wait_until(lambda: stats(gateway)["total_requests"] == 1)
     assert stats(gateway)["errors"] == (0 if complete else 1)
+
+
+def test_upstream_that_never_accepts_the_connection_is_502_unreachable(
+    start_gateway: GatewayFactory,
+) -> None:
+    # A listener whose accept queue is full: the kernel drops further SYNs, so the
+    # gateway's connect times out with no connection ever made.
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    for _ in range(3):
+        filler = socket.socket()
+        filler.setblocking(False)
+        filler.connect_ex(("127.0.0.1", port))
+        fillers.append(filler)
+    try:
+        gateway = start_gateway(target={"url": f"http://127.0.0.1:{port}", "timeout_secs": 0.5})
+        with httpx.Client(timeout=30) as http:
+            resp = http.post(gateway.url + "/v1/messages", json={"model": "m", "messages": []})
+        body = check_gateway_error(
+            resp.status_code,
+            resp.headers,
+            resp.content,
+            expected_status=502,
+            expected_type="api_error",
+        )
+        assert "unreachable" in body["error"]["message"]
+    finally:
+        for filler in fillers:
+            filler.close()
+        listener.close()

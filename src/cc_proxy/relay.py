@@ -70,6 +70,11 @@ async def relay(
                 allow_redirects=False,
                 timeout=upstream.timeout,
             )
+        except aiohttp.ConnectionTimeoutError as exc:
+            # No connection at all is "unreachable" (502), not "no answer" (504).
+            raise _failure(
+                exchange, Outcome.UNREACHABLE, 502, ErrorType.API, upstream, exc
+            ) from None
         except TimeoutError:
             raise _failure(exchange, Outcome.TIMEOUT, 504, ErrorType.TIMEOUT, upstream) from None
         except aiohttp.ClientError as exc:
