@@ -5,8 +5,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
+from typing import TYPE_CHECKING
 
 import aiohttp
 from starlette.types import Message, Receive, Scope, Send
@@ -21,6 +23,9 @@ from cc_proxy.shadow import Shadow
 from cc_proxy.shaping import TargetShaping
 from cc_proxy.stats import Stats
 from cc_proxy.upstream import Limiter, Upstream
+
+if TYPE_CHECKING:
+    from cc_proxy.otel import OtlpTracing
 
 log = logging.getLogger("cc_proxy")
 
@@ -84,6 +89,13 @@ class Gateway:
         self.tracing = ContentTracing(settings.tracing.enabled)
         self.stats = Stats()
         self.observers = Observers([self.stats, AccessLog(), ContentLog()])
+        self.otel: OtlpTracing | None = None
+        if settings.tracing.otlp_endpoint is not None:
+            # imported here: the OpenTelemetry SDK and gRPC load only when they are used
+            from cc_proxy.otel import OtlpTracing  # noqa: PLC0415
+
+            self.otel = OtlpTracing(settings.tracing)
+            self.observers.add(self.otel)
         shaping = TargetShaping.from_settings(settings.target)
         self.shadow = Shadow(
             self.upstreams.get("target"), shaping, self.observers, lambda: self.proxy.session
@@ -134,6 +146,9 @@ class Gateway:
         await self.shadow.drain(self.settings.server.shutdown_grace_secs)
         if self.proxy.session is not None:
             await self.proxy.session.close()
+        if self.otel is not None:
+            # Flushing the last spans may wait on the collector: not on the event loop.
+            await asyncio.to_thread(self.otel.shutdown)
 
     def log_mode_switch(self, mode: Mode) -> None:
         log.info("mode switched to %s; requests that start from now on use it", mode.value)
