@@ -9,7 +9,6 @@ from __future__ import annotations
 import hmac
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 from pydantic import BaseModel, ConfigDict, StrictBool, ValidationError
@@ -19,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from cc_proxy.config import redact_url
 from cc_proxy.errors import ErrorType, error_body
 from cc_proxy.modes import Mode, ModeRefused
 
@@ -59,18 +59,6 @@ class ModeChange(BaseModel):
 class TracingChange(BaseModel):
     model_config = ConfigDict(extra="forbid")
     enabled: StrictBool
-
-
-def redact_url(url: str | None) -> str | None:
-    """A URL fit to show: any user:password@ part removed."""
-    if url is None:
-        return None
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def build_admin(gateway: Gateway) -> Starlette:

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import (
     AfterValidator,
@@ -73,6 +74,18 @@ def _http_url(value: str) -> str:
 
 HttpUrlText = Annotated[str, AfterValidator(_http_url)]
 ListenAddress = Annotated[str, AfterValidator(_listen_address)]
+
+
+def redact_url(url: str | None) -> str | None:
+    """A URL fit to show: any user:password@ part removed."""
+    if url is None:
+        return None
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def parse_listen_address(value: str) -> tuple[str, int]:

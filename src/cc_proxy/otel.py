@@ -30,8 +30,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
-from cc_proxy.admin import redact_url
-from cc_proxy.config import TracingSettings
+from cc_proxy.config import TracingSettings, redact_url
 from cc_proxy.exchange import Exchange, Observer, Outcome, Role
 
 log = logging.getLogger("cc_proxy.otel")

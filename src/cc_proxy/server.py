@@ -12,9 +12,8 @@ from collections.abc import Callable
 
 import uvicorn
 
-from cc_proxy.admin import redact_url
 from cc_proxy.app import Gateway
-from cc_proxy.config import Settings, parse_listen_address
+from cc_proxy.config import Settings, parse_listen_address, redact_url
 
 log = logging.getLogger("cc_proxy")
 
