@@ -57,8 +57,8 @@ async def relay(
     what happened. Cancellation (the client went away) closes the upstream connection
     at once and propagates.
     """
-    started = False
-    sse = False
+    response: aiohttp.ClientResponse | None = None
+    started = sse = False
     try:
         try:
             response = await session.request(
@@ -70,19 +70,6 @@ async def relay(
                 allow_redirects=False,
                 timeout=upstream.timeout,
             )
-        except aiohttp.ConnectionTimeoutError as exc:
-            # No connection at all is "unreachable" (502), not "no answer" (504).
-            raise _failure(
-                exchange, Outcome.UNREACHABLE, 502, ErrorType.API, upstream, exc
-            ) from None
-        except TimeoutError:
-            raise _failure(exchange, Outcome.TIMEOUT, 504, ErrorType.TIMEOUT, upstream) from None
-        except aiohttp.ClientError as exc:
-            raise _failure(
-                exchange, Outcome.UNREACHABLE, 502, ErrorType.API, upstream, exc
-            ) from None
-
-        try:
             exchange.status = response.status
             exchange.upstream_request_id = response.headers.get("request-id")
             sse = _is_sse(response)
@@ -96,20 +83,23 @@ async def relay(
             # finished answer from a client that left.
             exchange.outcome = Outcome.COMPLETE
             await sink.end()
+            return
+        except aiohttp.ConnectionTimeoutError as exc:
+            # No connection at all is "unreachable" (502), not "no answer" (504).
+            error = _failure(exchange, Outcome.UNREACHABLE, 502, ErrorType.API, upstream, exc)
         except TimeoutError:
-            raise _failure(exchange, Outcome.TIMEOUT, 504, ErrorType.TIMEOUT, upstream) from None
+            error = _failure(exchange, Outcome.TIMEOUT, 504, ErrorType.TIMEOUT, upstream)
         except aiohttp.ClientError as exc:
-            raise _failure(
-                exchange, Outcome.STREAM_BROKEN, 502, ErrorType.API, upstream, exc
-            ) from None
+            broken = Outcome.UNREACHABLE if response is None else Outcome.STREAM_BROKEN
+            error = _failure(exchange, broken, 502, ErrorType.API, upstream, exc)
         finally:
             # An answer not read to its end must not go back to the pool: closing the
             # connection is also what tells a self-hosted server to stop generating.
-            if exchange.outcome is Outcome.COMPLETE:
-                response.release()
-            else:
-                response.close()
-    except GatewayError as error:
+            if response is not None:
+                if exchange.outcome is Outcome.COMPLETE:
+                    response.release()
+                else:
+                    response.close()
         await sink.fail(error, started=started, sse=sse)
     finally:
         exchange.finished = time.perf_counter()
