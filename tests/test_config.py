@@ -419,6 +419,17 @@ def test_invalid_listen_address_in_file_names_key_and_file(tmp_path: Path) -> No
     assert str(path) in message
 
 
+def test_invalid_listen_address_on_command_line_names_the_flag(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # `cc-proxy demo --listen` is the flag that sets the address from the command line.
+    monkeypatch.setenv("CC_SERVER__LISTEN_ADDRESS", "127.0.0.1:3080")
+    message = config_error(None, {"server": {"listen_address": "nowhere"}})
+    assert "server.listen_address" in message
+    assert "command line --listen" in message
+    assert "CC_SERVER__LISTEN_ADDRESS" not in message
+
+
 @pytest.mark.parametrize(
     "listen", ["127.0.0.1:0", "0.0.0.0:3080", "localhost:3080", "[::1]:3080", "gpu.lan:80"]
 )
