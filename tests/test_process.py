@@ -465,7 +465,7 @@ def test_sigterm_finishes_stream_in_flight_refuses_new_connections_and_exits_0(
     finally:
         loop_thread.loop.call_soon_threadsafe(gate.set)
     assert received == b"".join(events)
-    assert target.completed == 1
+    assert wait_until(lambda: target.completed == 1, timeout=WAIT)
     assert gateway.wait() == 0
     assert "cc-proxy stopped" in gateway.output()
 
