@@ -43,6 +43,7 @@ CLI_FLAGS: Mapping[tuple[str, ...], str] = {
     ("target", "url"): "--target-url",
     ("target", "model"): "--model",
     ("allow_anthropic_only",): "--allow-anthropic-only",
+    ("server", "listen_address"): "--listen",  # `cc-proxy demo` only
 }
 # keys that may not be written in the TOML file, and how to give them instead
 LAUNCH_ONLY: Mapping[tuple[str, ...], str] = {
@@ -174,8 +175,8 @@ class _Origins:
 
     def describe(self, loc: tuple[str | int, ...]) -> str:
         key = tuple(str(part) for part in loc)
-        if _lookup(self.cli, key) is not None and key in CLI_FLAGS:
-            return f"command line {CLI_FLAGS[key]}"
+        if _lookup(self.cli, key) is not None:
+            return f"command line {CLI_FLAGS.get(key, '')}".rstrip()
         env_name = ENV_PREFIX + "__".join(key).upper()
         if any(name.upper() == env_name for name in self.environ):
             return f"environment variable {env_name}"

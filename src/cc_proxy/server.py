@@ -9,6 +9,7 @@ import math
 import signal
 import socket
 from collections.abc import Callable
+from types import FrameType
 
 import uvicorn
 
@@ -83,6 +84,16 @@ def serve(settings: Settings, on_listening: Callable[[str], None] | None = None)
     gateway = Gateway(settings)
     sock = bind(settings.server.listen_address)
     server = uvicorn_server(gateway)
+
+    # Set before the listening line, so that a signal which comes before uvicorn takes
+    # the handlers over still stops the server cleanly. uvicorn re-raises the signal it
+    # stopped for once it is done; this handler then does nothing more, so a signalled
+    # shutdown that drained cleanly exits 0.
+    def stop(signum: int, frame: FrameType | None) -> None:
+        server.should_exit = True
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, stop)
     warn_if_exposed(settings)
     url = url_of(sock)
     log.info(
@@ -94,10 +105,6 @@ def serve(settings: Settings, on_listening: Callable[[str], None] | None = None)
     )
     if on_listening is not None:
         on_listening(url)
-    # uvicorn re-raises the signal it stopped for once it is done; with a handler that
-    # does nothing, a signalled shutdown that drained cleanly exits 0.
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: None)
     server.run(sockets=[sock])
     log.info("cc-proxy stopped")
     return 0

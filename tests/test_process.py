@@ -1,0 +1,508 @@
+"""The `cc-proxy` program as a user runs it: real subprocesses, real sockets.
+
+Start-up refusals and configuration errors (SPEC.md §1, §2), the listening line, the
+admin-token warning, SIGTERM/SIGINT (§4), the demo (§6), and that no API key or bearer
+token ever reaches the program's output.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import httpx
+import pytest
+from aiohttp import web
+
+from cc_proxy.standin import answer, message_events
+from harness import LoopThread, Reply, ScriptedUpstream, wait_until
+
+SRC = Path(__file__).resolve().parent.parent / "src"
+
+TARGET_KEY = "proc-target-key-5f1c2e"
+PASSTHROUGH_KEY = "proc-passthrough-key-8a7d33"
+ADMIN_TOKEN = "proc-admin-token-c04e19"
+CLIENT_KEY = "sk-ant-proc-client-key-61b0"
+WRONG_TOKEN = "proc-wrong-bearer-77aa02"
+SECRETS = (TARGET_KEY, PASSTHROUGH_KEY, ADMIN_TOKEN, CLIENT_KEY, WRONG_TOKEN)
+
+LISTENING = re.compile(r"cc-proxy listening on (http://[^\s,]+:(\d+))")
+STREAM_REQUEST: dict[str, Any] = {
+    "model": "claude-sonnet-4-5",
+    "max_tokens": 64,
+    "stream": True,
+    "messages": [{"role": "user", "content": "count to thirty"}],
+}
+WAIT = 30.0  # upper bound of every wait for the program; never a timing expectation
+
+
+def gateway_env(**overrides: str) -> dict[str, str]:
+    """The test's environment without any CC_* variable, the worktree's code first on the
+    path, and the two upstream API keys set (they must never show in the output)."""
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("CC_")}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(SRC), env.get("PYTHONPATH")) if p)
+    env["PYTHONUNBUFFERED"] = "1"
+    env["CC_TARGET__API_KEY"] = TARGET_KEY
+    env["CC_PASSTHROUGH__API_KEY"] = PASSTHROUGH_KEY
+    env.update(overrides)
+    return env
+
+
+def command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "cc_proxy", *args]
+
+
+def assert_no_secrets(text: str) -> None:
+    for secret in SECRETS:
+        assert secret not in text, f"a secret reached the output: {secret}"
+
+
+def run_to_end(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Run cc-proxy to completion (killed if it outlives WAIT); its output is checked for
+    secrets."""
+    done = subprocess.run(  # noqa: PLW1510 - the exit code is what the tests examine
+        command(*args), env=env, cwd=cwd, capture_output=True, text=True, timeout=WAIT
+    )
+    assert_no_secrets(done.stdout + done.stderr)
+    return done
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.strip()]
+
+
+class GatewayProcess:
+    """A running `cc-proxy`, its stdout and stderr collected line by line as they come."""
+
+    def __init__(self, args: list[str], env: dict[str, str], cwd: Path) -> None:
+        self.proc = subprocess.Popen(
+            command(*args),
+            env=env,
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.stdout: list[str] = []
+        self.stderr: list[str] = []
+        assert self.proc.stdout is not None
+        assert self.proc.stderr is not None
+        self._readers = [
+            threading.Thread(target=self._collect, args=(self.proc.stdout, self.stdout)),
+            threading.Thread(target=self._collect, args=(self.proc.stderr, self.stderr)),
+        ]
+        for reader in self._readers:
+            reader.daemon = True
+            reader.start()
+
+    @staticmethod
+    def _collect(stream: IO[str], lines: list[str]) -> None:
+        for line in stream:
+            lines.append(line)
+
+    def output(self) -> str:
+        return "".join(self.stdout) + "".join(self.stderr)
+
+    def wait_for_stderr(self, pattern: re.Pattern[str]) -> re.Match[str]:
+        deadline = time.monotonic() + WAIT
+        while time.monotonic() < deadline:
+            for line in list(self.stderr):
+                if match := pattern.search(line):
+                    return match
+            if self.proc.poll() is not None and not any(r.is_alive() for r in self._readers):
+                break
+            time.sleep(0.01)
+        raise AssertionError(f"no line matching {pattern.pattern!r}; output:\n{self.output()}")
+
+    def listening(self) -> tuple[str, int]:
+        """The URL and port from the 'cc-proxy listening on …' line."""
+        match = self.wait_for_stderr(LISTENING)
+        return match.group(1), int(match.group(2))
+
+    def local_url(self) -> str:
+        _, port = self.listening()
+        return f"http://127.0.0.1:{port}"
+
+    def stop(self, sig: signal.Signals) -> int:
+        self.proc.send_signal(sig)
+        return self.wait()
+
+    def wait(self) -> int:
+        code = self.proc.wait(WAIT)
+        for reader in self._readers:
+            reader.join(WAIT)
+        return code
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(WAIT)
+        for reader in self._readers:
+            reader.join(WAIT)
+
+
+@pytest.fixture
+def launch(tmp_path: Path) -> Iterator[Any]:
+    """Start cc-proxy subprocesses (in tmp_path unless told); all are killed at the end,
+    and none may have printed a secret."""
+    started: list[GatewayProcess] = []
+
+    def start(args: list[str], env: dict[str, str], cwd: Path = tmp_path) -> GatewayProcess:
+        process = GatewayProcess(args, env, cwd)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.kill()
+    for process in started:
+        assert_no_secrets(process.output())
+
+
+def refused(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=WAIT):
+            return False
+    except ConnectionRefusedError:
+        return True
+
+
+# --- configuration errors and start-up refusals ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "file", "named"),
+    [
+        pytest.param(
+            ["--target-url", "http://127.0.0.1:9"],
+            {"CC_TARGET__MAX_CONCURRENT": "plenty"},
+            None,
+            ["target.max_concurrent", "CC_TARGET__MAX_CONCURRENT"],
+            id="wrong-type-in-environment",
+        ),
+        pytest.param(
+            ["--target-url", "http://127.0.0.1:9"],
+            {"CC_SERVER__BOGUS": "1"},
+            None,
+            ["server.bogus", "CC_SERVER__BOGUS"],
+            id="unknown-key-in-environment",
+        ),
+        pytest.param(
+            ["--target-url", "http://127.0.0.1:9"],
+            {},
+            "[server]\nlisten_adress = '127.0.0.1:0'\n",
+            ["server.listen_adress", "cc-proxy.toml"],
+            id="unknown-key-in-file",
+        ),
+        pytest.param(
+            ["--target-url", "http://127.0.0.1:9"],
+            {},
+            "[tracing]\nlog_level = 'chatty'\n",
+            ["tracing.log_level", "cc-proxy.toml"],
+            id="invalid-log-level-in-file",
+        ),
+        pytest.param(
+            ["--target-url", "gpu-box:8000"],
+            {},
+            None,
+            ["target.url", "--target-url"],
+            id="malformed-url-on-command-line",
+        ),
+        pytest.param(
+            [],
+            {},
+            f"[target]\napi_key = '{TARGET_KEY}'\n",
+            ["target.api_key", "cc-proxy.toml", "CC_TARGET__API_KEY"],
+            id="secret-in-file",
+        ),
+        pytest.param(
+            ["demo", "--once", "--listen", "localhost"],
+            {},
+            None,
+            ["server.listen_address", "--listen"],
+            id="invalid-listen-address-for-demo",
+        ),
+    ],
+)
+def test_config_error_exits_2_with_one_line_naming_key_and_source(
+    tmp_path: Path, args: list[str], env: dict[str, str], file: str | None, named: list[str]
+) -> None:
+    if file is not None:
+        (tmp_path / "cc-proxy.toml").write_text(file)
+    done = run_to_end(args, gateway_env(**env), tmp_path)
+    assert done.returncode == 2
+    lines = error_lines(done.stderr)
+    assert len(lines) == 1, done.stderr
+    for name in named:
+        assert name in lines[0]
+
+
+def test_missing_config_file_named_on_command_line_exits_2(tmp_path: Path) -> None:
+    done = run_to_end(
+        ["--config", "absent.toml", "--target-url", "http://127.0.0.1:9"],
+        gateway_env(),
+        tmp_path,
+    )
+    assert done.returncode == 2
+    lines = error_lines(done.stderr)
+    assert len(lines) == 1
+    assert "absent.toml" in lines[0]
+
+
+def test_start_up_refused_for_anthropic_only_default_without_flag(tmp_path: Path) -> None:
+    done = run_to_end([], gateway_env(CC_DEFAULT_MODE="anthropic-only"), tmp_path)
+    assert done.returncode == 2
+    lines = error_lines(done.stderr)
+    assert len(lines) == 1
+    assert "--allow-anthropic-only" in lines[0]
+
+
+def test_start_up_refused_without_target_url(tmp_path: Path) -> None:
+    done = run_to_end([], gateway_env(), tmp_path)
+    assert done.returncode == 2
+    lines = error_lines(done.stderr)
+    assert len(lines) == 1
+    assert "--target-url" in lines[0]
+    assert "CC_TARGET__URL" in lines[0]
+
+
+def test_anthropic_only_default_starts_with_flag(launch: Any) -> None:
+    gateway: GatewayProcess = launch(
+        ["--allow-anthropic-only"],
+        gateway_env(CC_DEFAULT_MODE="anthropic-only", CC_SERVER__LISTEN_ADDRESS="127.0.0.1:0"),
+    )
+    health = httpx.get(f"{gateway.local_url()}/health", timeout=WAIT).json()
+    assert health["mode"] == "anthropic-only"
+
+
+# --- running -------------------------------------------------------------------------------
+
+
+def test_logs_listening_line_with_the_real_port(launch: Any, target: ScriptedUpstream) -> None:
+    gateway: GatewayProcess = launch(
+        ["--target-url", target.url], gateway_env(CC_SERVER__LISTEN_ADDRESS="127.0.0.1:0")
+    )
+    url, port = gateway.listening()
+    assert url == f"http://127.0.0.1:{port}"
+    assert port != 0
+    assert httpx.get(f"{url}/health", timeout=WAIT).json()["status"] == "ok"
+
+
+def test_precedence_of_command_line_environment_and_file_end_to_end(
+    launch: Any, tmp_path: Path, target: ScriptedUpstream, passthrough: ScriptedUpstream
+) -> None:
+    (tmp_path / "cc-proxy.toml").write_text(
+        'default_mode = "compare"\n'
+        "[server]\n"
+        'listen_address = "127.0.0.1:1"\n'
+        "[target]\n"
+        'model = "file-model"\n'
+        "timeout_secs = 7\n"
+        "max_concurrent = 3\n"
+        "[passthrough]\n"
+        f'url = "{passthrough.url}"\n'
+        "timeout_secs = 11\n"
+        "passthrough_auth = false\n"
+    )
+    env = gateway_env(
+        CC_DEFAULT_MODE="target",
+        CC_SERVER__LISTEN_ADDRESS="127.0.0.1:0",
+        CC_TARGET__MAX_CONCURRENT="4",
+        CC_TARGET__MODEL="env-model",
+        CC_TARGET__URL="http://127.0.0.1:9",
+    )
+    gateway: GatewayProcess = launch(["--target-url", target.url, "--model", "cli-model"], env)
+    url = gateway.local_url()
+
+    health = httpx.get(f"{url}/health", timeout=WAIT).json()
+    assert health["mode"] == "target"  # environment over file
+    assert health["target"]["url"] == target.url  # command line over environment
+    assert health["target"]["model"] == "cli-model"  # command line over environment and file
+    assert health["target"]["max_concurrent"] == 4  # environment over file
+    assert health["target"]["timeout_secs"] == 7  # file over default
+    assert health["passthrough"] == {
+        "url": passthrough.url,
+        "timeout_secs": 11,
+        "passthrough_auth": False,
+    }  # file over defaults
+    assert health["tracing"]["otlp"] is False  # default
+
+    body = {**STREAM_REQUEST, "stream": False}
+    reply = httpx.post(
+        f"{url}/v1/messages", json=body, headers={"x-api-key": CLIENT_KEY}, timeout=WAIT
+    )
+    assert reply.status_code == 200
+    assert target.seen[-1].json()["model"] == "cli-model"
+    assert passthrough.seen == []
+
+
+def test_warns_when_listening_on_all_interfaces_without_admin_token(
+    launch: Any, target: ScriptedUpstream
+) -> None:
+    gateway: GatewayProcess = launch(
+        ["--target-url", target.url], gateway_env(CC_SERVER__LISTEN_ADDRESS="0.0.0.0:0")
+    )
+    gateway.listening()
+    warning = re.compile(r"WARNING .*0\.0\.0\.0.*without an admin token.*CC_SERVER__ADMIN_TOKEN")
+    gateway.wait_for_stderr(warning)
+
+
+def test_no_admin_token_warning_when_token_is_set(launch: Any, target: ScriptedUpstream) -> None:
+    env = gateway_env(CC_SERVER__LISTEN_ADDRESS="0.0.0.0:0", CC_SERVER__ADMIN_TOKEN=ADMIN_TOKEN)
+    gateway: GatewayProcess = launch(["--target-url", target.url], env)
+    gateway.listening()  # the warning would come before this line
+    assert "admin token" not in gateway.output()
+
+
+def test_no_admin_token_warning_on_loopback(launch: Any, target: ScriptedUpstream) -> None:
+    gateway: GatewayProcess = launch(
+        ["--target-url", target.url], gateway_env(CC_SERVER__LISTEN_ADDRESS="127.0.0.1:0")
+    )
+    gateway.listening()
+    assert "admin token" not in gateway.output()
+
+
+def test_api_keys_and_bearer_tokens_never_reach_the_output(
+    launch: Any, target: ScriptedUpstream, passthrough: ScriptedUpstream
+) -> None:
+    env = gateway_env(
+        CC_SERVER__LISTEN_ADDRESS="127.0.0.1:0",
+        CC_SERVER__ADMIN_TOKEN=ADMIN_TOKEN,
+        CC_PASSTHROUGH__URL=passthrough.url,
+        CC_PASSTHROUGH__PASSTHROUGH_AUTH="false",
+        CC_TRACING__LOG_LEVEL="debug",
+    )
+    gateway: GatewayProcess = launch(["--target-url", target.url, "--model", "glm-5"], env)
+    url = gateway.local_url()
+    client = {"x-api-key": CLIENT_KEY, "authorization": f"Bearer {CLIENT_KEY}"}
+    admin = {"authorization": f"Bearer {ADMIN_TOKEN}"}
+    with httpx.Client(base_url=url, timeout=WAIT) as http:
+        tracing = http.put("/api/tracing", json={"enabled": True}, headers=admin)
+        assert tracing.status_code == 200
+        refused_change = http.put(
+            "/api/mode", json={"mode": "compare"}, headers={"authorization": WRONG_TOKEN}
+        )
+        assert refused_change.status_code == 401
+        with http.stream("POST", "/v1/messages", json=STREAM_REQUEST, headers=client) as r:
+            assert r.status_code == 200
+            r.read()
+        body = {**STREAM_REQUEST, "stream": False}
+        assert http.post("/v1/messages", json=body, headers=client).status_code == 200
+        assert http.put("/api/mode", json={"mode": "compare"}, headers=admin).status_code == 200
+        assert http.post("/v1/messages", json=body, headers=client).status_code == 200
+        assert wait_until(lambda: len(target.seen) == 3, timeout=WAIT)
+    # The keys were in use: each upstream got its own.
+    assert all(seen.headers["x-api-key"] == TARGET_KEY for seen in target.seen)
+    assert passthrough.seen[-1].headers["x-api-key"] == PASSTHROUGH_KEY
+    assert gateway.stop(signal.SIGTERM) == 0
+    assert "trace" in gateway.output()  # content logging was on
+    assert_no_secrets(gateway.output())
+
+
+# --- signals -------------------------------------------------------------------------------
+
+
+def gated_stream(events: list[bytes], *, before_gate: int, gate: asyncio.Event) -> Reply:
+    """Send `before_gate` events, wait for the gate, then the rest slowly."""
+
+    async def respond(request: web.Request, up: ScriptedUpstream) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await response.prepare(request)
+        for index, event in enumerate(events):
+            if index == before_gate:
+                await gate.wait()
+            await response.write(event)
+            await asyncio.sleep(0.05)
+        await response.write_eof()
+        up.completed += 1
+        return response
+
+    return Reply(respond)
+
+
+def test_sigterm_finishes_stream_in_flight_refuses_new_connections_and_exits_0(
+    launch: Any, target: ScriptedUpstream, loop_thread: LoopThread
+) -> None:
+    message = answer(STREAM_REQUEST)
+    message["content"] = [{"type": "text", "text": "ab" * 24}]
+    events = message_events(message, pieces=24)
+    assert len(events) == 30
+    gate = asyncio.Event()
+    target.queue(gated_stream(events, before_gate=3, gate=gate))
+    gateway: GatewayProcess = launch(
+        ["--target-url", target.url], gateway_env(CC_SERVER__LISTEN_ADDRESS="127.0.0.1:0")
+    )
+    url, port = gateway.listening()
+    received = b""
+    try:
+        with (
+            httpx.Client(timeout=WAIT) as http,
+            http.stream("POST", f"{url}/v1/messages", json=STREAM_REQUEST) as response,
+        ):
+            assert response.status_code == 200
+            chunks = response.iter_raw()
+            while received.count(b"\n\n") < 3:
+                received += next(chunks)
+
+            gateway.proc.send_signal(signal.SIGTERM)
+            assert wait_until(lambda: refused(port), timeout=WAIT), "still accepting"
+            assert gateway.proc.poll() is None  # waiting for the stream in flight
+
+            loop_thread.loop.call_soon_threadsafe(gate.set)
+            for chunk in chunks:
+                received += chunk
+    finally:
+        loop_thread.loop.call_soon_threadsafe(gate.set)
+    assert received == b"".join(events)
+    assert wait_until(lambda: target.completed == 1, timeout=WAIT)
+    assert gateway.wait() == 0
+    assert "cc-proxy stopped" in gateway.output()
+
+
+def test_sigint_exits_0(launch: Any, target: ScriptedUpstream) -> None:
+    gateway: GatewayProcess = launch(
+        ["--target-url", target.url], gateway_env(CC_SERVER__LISTEN_ADDRESS="127.0.0.1:0")
+    )
+    url, port = gateway.listening()
+    assert httpx.get(f"{url}/health", timeout=WAIT).status_code == 200
+    assert gateway.stop(signal.SIGINT) == 0
+    assert "cc-proxy stopped" in gateway.output()
+    assert refused(port)
+
+
+def test_sigterm_when_idle_exits_0(launch: Any, target: ScriptedUpstream) -> None:
+    gateway: GatewayProcess = launch(
+        ["--target-url", target.url], gateway_env(CC_SERVER__LISTEN_ADDRESS="127.0.0.1:0")
+    )
+    gateway.listening()
+    assert gateway.stop(signal.SIGTERM) == 0
+
+
+# --- the demo ------------------------------------------------------------------------------
+
+
+def test_demo_once_streams_a_request_and_shows_its_stats(tmp_path: Path) -> None:
+    done = run_to_end(["demo", "--once", "--listen", "127.0.0.1:0"], gateway_env(), tmp_path)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    events = [line.removeprefix("< event: ") for line in lines if line.startswith("< event: ")]
+    assert events[0] == "message_start"
+    assert events[-1] == "message_stop"
+    assert "content_block_delta" in events
+    assert "message_delta" in events
+    stats_at = next(i for i, line in enumerate(lines) if "/api/stats" in line)
+    stats = json.loads(lines[stats_at + 1].removeprefix("< "))
+    assert stats["total_requests"] == 1
+    assert stats["output_tokens"] > 0
+    assert stats["input_tokens"] > 0
