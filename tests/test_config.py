@@ -445,6 +445,11 @@ def test_invalid_log_level_in_file_names_key_and_file(tmp_path: Path) -> None:
     assert str(path) in message
 
 
+def test_log_level_is_accepted_in_any_case(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CC_TRACING__LOG_LEVEL", "WARNING")
+    assert load_settings().tracing.log_level == "warning"
+
+
 def test_invalid_log_level_in_environment_names_the_variable(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

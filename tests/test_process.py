@@ -248,6 +248,33 @@ def test_config_error_exits_2_with_one_line_naming_key_and_source(
         assert name in lines[0]
 
 
+def test_address_already_in_use_exits_2_with_one_line(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        done = run_to_end(
+            ["--target-url", "http://127.0.0.1:9"],
+            gateway_env(CC_SERVER__LISTEN_ADDRESS=address),
+            tmp_path,
+        )
+    assert done.returncode == 2
+    lines = error_lines(done.stderr)
+    assert len(lines) == 1, done.stderr
+    assert "server.listen_address" in lines[0]
+    assert address in lines[0]
+    assert "Traceback" not in done.stderr
+
+
+def test_a_password_in_a_malformed_url_is_not_echoed(tmp_path: Path) -> None:
+    done = run_to_end(
+        ["--target-url", "http://gpu:hunter2-secret@[broken"], gateway_env(), tmp_path
+    )
+    assert done.returncode == 2
+    assert "target.url" in error_lines(done.stderr)[0]
+    assert "hunter2-secret" not in done.stderr
+
+
 def test_missing_config_file_named_on_command_line_exits_2(tmp_path: Path) -> None:
     done = run_to_end(
         ["--config", "absent.toml", "--target-url", "http://127.0.0.1:9"],

@@ -90,12 +90,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "demo":
             return _demo(args)
         settings = _settings(args)
+        configure_logging(settings.tracing.log_level)
+        return serve(settings)
     except ConfigError as error:
         for line in str(error).splitlines():
             print(f"cc-proxy: configuration error: {line}", file=sys.stderr)
         return 2
-    configure_logging(settings.tracing.log_level)
-    return serve(settings)
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -8,17 +8,18 @@ the environment only.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import (
     AfterValidator,
     AnyHttpUrl,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     SecretStr,
@@ -77,16 +78,13 @@ HttpUrlText = Annotated[str, AfterValidator(_http_url)]
 ListenAddress = Annotated[str, AfterValidator(_listen_address)]
 
 
+# Everything between "//" and the last "@" of the authority: a URL's user:password part.
+_USERINFO = re.compile(r"(?<=//)[^/?#]*@")
+
+
 def redact_url(url: str | None) -> str | None:
-    """A URL fit to show: any user:password@ part removed."""
-    if url is None:
-        return None
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    return urlunsplit(parts._replace(netloc=netloc))
+    """A URL fit to show: any user:password@ part removed (malformed URLs included)."""
+    return None if url is None else _USERINFO.sub("", url, count=1)
 
 
 def parse_listen_address(value: str) -> tuple[str, int]:
@@ -133,13 +131,17 @@ class PassthroughSettings(_Section):
     api_key: SecretStr | None = None
 
 
+def _lower(value: Any) -> Any:
+    return value.lower() if isinstance(value, str) else value
+
+
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
 
 
 class TracingSettings(_Section):
     service_name: str = "cc-proxy"
     otlp_endpoint: HttpUrlText | None = None
-    log_level: Annotated[LogLevel, Field()] = "info"
+    log_level: Annotated[LogLevel, BeforeValidator(_lower)] = "info"
     # Per-request content logging, switchable at runtime with PUT /api/tracing.
     enabled: bool = False
 
@@ -230,6 +232,8 @@ def _describe_error(error: Any, origins: _Origins) -> str:
         return f"unknown key {key!r} (from {where})"
     message = str(error["msg"]).removeprefix("Value error, ")
     value = error.get("input")
+    if isinstance(value, str):
+        value = redact_url(value)  # a URL's user:password part is never echoed
     shown = "" if isinstance(value, dict) else f" = {value!r}"
     return f"{key}{shown} (from {where}): {message}"
 

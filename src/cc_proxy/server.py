@@ -14,7 +14,7 @@ from types import FrameType
 import uvicorn
 
 from cc_proxy.app import Gateway
-from cc_proxy.config import Settings, parse_listen_address, redact_url
+from cc_proxy.config import ConfigError, Settings, parse_listen_address, redact_url
 
 log = logging.getLogger("cc_proxy")
 
@@ -31,9 +31,15 @@ def bind(listen_address: str) -> socket.socket:
     host, port = parse_listen_address(listen_address)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(2048)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(
+            f"server.listen_address: cannot listen on {listen_address}: {exc.strerror or exc}"
+        ) from None
     sock.set_inheritable(True)
     return sock
 
