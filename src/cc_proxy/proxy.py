@@ -271,7 +271,6 @@ class Proxy:
         rid: bytes,
     ) -> None:
         raw = await read_body(scope, receive, self.max_body_bytes)
-        exchange.request_body = raw
         body: dict[str, Any] = {}
         if endpoint is Endpoint.MESSAGES or route.shape:
             body = parse_messages_body(raw)
@@ -283,6 +282,7 @@ class Proxy:
             if shaped is not None:
                 raw = shaped
                 exchange.model = self.shaping.model or exchange.model
+        exchange.request_body = raw  # as the upstream gets it
         if route.shadow:
             self.shadow.send(scope, exchange, body)
 
