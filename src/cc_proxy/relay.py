@@ -8,7 +8,7 @@ primary answer, nowhere for compare mode's shadow copy.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 
@@ -129,6 +129,20 @@ def _reason(exc: BaseException | None) -> str:
     return text or type(exc).__name__
 
 
+async def _body_chunks(
+    response: aiohttp.ClientResponse, exchange: Exchange, observers: Observer
+) -> AsyncIterator[bytes]:
+    """The answer's body as it arrives; the first chunk marks the time to first byte."""
+    chunks = response.content.iter_any()
+    async for chunk in chunks:
+        exchange.first_byte = time.perf_counter()
+        observers.on_first_byte(exchange)
+        yield chunk
+        break
+    async for chunk in chunks:
+        yield chunk
+
+
 async def _relay_sse(
     response: aiohttp.ClientResponse,
     exchange: Exchange,
@@ -138,10 +152,7 @@ async def _relay_sse(
 ) -> None:
     framer = SseFramer()
     counting = exchange.is_messages
-    async for chunk in response.content.iter_any():
-        if exchange.first_byte is None:
-            exchange.first_byte = time.perf_counter()
-            observers.on_first_byte(exchange)
+    async for chunk in _body_chunks(response, exchange, observers):
         events = framer.feed(chunk)
         if events:
             await sink.body(events)
@@ -173,10 +184,7 @@ async def _relay_body(
     watchers: list[Callable[[bytes], None]],
 ) -> None:
     collected: bytearray | None = bytearray() if exchange.is_messages else None
-    async for chunk in response.content.iter_any():
-        if exchange.first_byte is None:
-            exchange.first_byte = time.perf_counter()
-            observers.on_first_byte(exchange)
+    async for chunk in _body_chunks(response, exchange, observers):
         if collected is not None:
             collected += chunk
             if len(collected) > MAX_COUNTED_JSON_BYTES:
