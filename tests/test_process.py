@@ -446,11 +446,15 @@ def gated_stream(events: list[bytes], *, before_gate: int, gate: asyncio.Event) 
     async def respond(request: web.Request, up: ScriptedUpstream) -> web.StreamResponse:
         response = web.StreamResponse(headers={"content-type": "text/event-stream"})
         await response.prepare(request)
-        for index, event in enumerate(events):
-            if index == before_gate:
-                await gate.wait()
-            await response.write(event)
-            await asyncio.sleep(0.05)
+        try:
+            for index, event in enumerate(events):
+                if index == before_gate:
+                    await gate.wait()
+                await response.write(event)
+                await asyncio.sleep(0.05)
+        except (ConnectionError, asyncio.CancelledError):
+            up.aborted.append(time.monotonic())
+            raise
         await response.write_eof()
         up.completed += 1
         return response
@@ -495,6 +499,37 @@ def test_sigterm_finishes_stream_in_flight_refuses_new_connections_and_exits_0(
     assert wait_until(lambda: target.completed == 1, timeout=WAIT)
     assert gateway.wait() == 0
     assert "cc-proxy stopped" in gateway.output()
+
+
+def test_stream_outliving_the_shutdown_grace_ends_with_an_sse_error_and_exit_0(
+    launch: Any, target: ScriptedUpstream, loop_thread: LoopThread
+) -> None:
+    events = message_events(answer(STREAM_REQUEST))
+    never = asyncio.Event()  # the upstream never sends past the first three events
+    target.queue(gated_stream(events, before_gate=3, gate=never))
+    gateway: GatewayProcess = launch(
+        ["--target-url", target.url],
+        gateway_env(CC_SERVER__LISTEN_ADDRESS="127.0.0.1:0", CC_SERVER__SHUTDOWN_GRACE_SECS="1"),
+    )
+    url, _ = gateway.listening()
+    received = b""
+    with (
+        httpx.Client(timeout=WAIT) as http,
+        http.stream("POST", f"{url}/v1/messages", json=STREAM_REQUEST) as response,
+    ):
+        chunks = response.iter_raw()
+        while received.count(b"\n\n") < 3:
+            received += next(chunks)
+        gateway.proc.send_signal(signal.SIGTERM)
+        for chunk in chunks:
+            received += chunk
+    delivered = b"".join(events[:3])
+    assert received.startswith(delivered)
+    error = received[len(delivered) :]
+    assert error.startswith(b"event: error\ndata: ")
+    assert json.loads(error.split(b"data: ", 1)[1])["error"]["type"] == "api_error"
+    assert gateway.wait() == 0
+    assert wait_until(lambda: len(target.aborted) == 1, timeout=WAIT)
 
 
 def test_sigint_exits_0(launch: Any, target: ScriptedUpstream) -> None:

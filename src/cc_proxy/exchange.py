@@ -29,6 +29,7 @@ class Outcome(StrEnum):
     TIMEOUT = "timeout"
     STREAM_BROKEN = "stream_broken"  # the upstream died after the answer began
     CLIENT_GONE = "client_gone"
+    CANCELLED = "cancelled"  # stopped by the gateway itself: the shutdown grace ran out
     DROPPED = "dropped"  # shadow copy not sent: the target was saturated
 
 

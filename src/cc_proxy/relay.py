@@ -7,13 +7,15 @@ primary answer, nowhere for compare mode's shadow copy.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 
 from cc_proxy.accounting import SseFramer, account_events, account_json
-from cc_proxy.errors import ErrorType, GatewayError
+from cc_proxy.errors import ErrorType, GatewayError, sse_error_event
 from cc_proxy.exchange import Exchange, Observer, Outcome
 from cc_proxy.upstream import SKIP_AUTO_HEADERS, Headers, Upstream
 
@@ -101,6 +103,15 @@ async def relay(
                 else:
                     response.close()
         await sink.fail(error, started=started, sse=sse)
+    except asyncio.CancelledError:
+        # The client left (the caller says so), or the shutdown grace ran out: a client
+        # still there gets a well-formed end to its stream, which Claude Code retries.
+        exchange.outcome = exchange.outcome or Outcome.CANCELLED
+        if started and sse and exchange.outcome is Outcome.CANCELLED:
+            with contextlib.suppress(Exception):
+                await sink.body(sse_error_event(ErrorType.API, "cc-proxy is shutting down"))
+                await sink.end()
+        raise
     finally:
         exchange.finished = time.perf_counter()
 

@@ -85,7 +85,7 @@ class Shadow:
             watchers = self._observers.watchers(shadow)
             await relay(session, target, shadow, headers, raw, Sink(), self._observers, watchers)
         except asyncio.CancelledError:
-            shadow.outcome = Outcome.CLIENT_GONE
+            shadow.outcome = Outcome.CANCELLED
             shadow.detail = "cancelled at shutdown"
             raise
         except Exception:  # a shadow must never take anything else down with it
