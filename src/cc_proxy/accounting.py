@@ -92,9 +92,14 @@ def account_events(region: bytes, usage: Usage) -> None:
             end = block.find(b"\n")
             if end < 0 or block[7:end] not in _COUNTED:
                 continue
-        elif not any(name in block for name in _COUNTED_NAMES):
+            if block.startswith(b"data: ", end + 1) and block.find(b"\n", end + 1) < 0:
+                data = block[end + 7 :]
+            else:
+                _, data = _event_name_and_data(block)
+        elif any(name in block for name in _COUNTED_NAMES):
+            _, data = _event_name_and_data(block)
+        else:
             continue
-        _, data = _event_name_and_data(block)
         if data:
             try:
                 event = orjson.loads(data)

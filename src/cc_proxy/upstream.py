@@ -14,20 +14,30 @@ import aiohttp
 # RFC 9110 §7.6.1, plus the pre-standard Proxy-Connection.
 HOP_BY_HOP = frozenset(
     {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
+        b"connection",
+        b"keep-alive",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
     }
 )
 # Set by aiohttp for the upstream connection.
-_SET_FOR_UPSTREAM = frozenset({"host", "content-length"})
-CLIENT_CREDENTIALS = frozenset({"x-api-key", "authorization"})
+_SET_FOR_UPSTREAM = frozenset({b"host", b"content-length"})
+CLIENT_CREDENTIALS = frozenset({b"x-api-key", b"authorization"})
+_ACCEPT_ENCODING = frozenset({b"accept-encoding"})
+# What never goes upstream, by (forwards client credentials, asks for identity).
+_DROPPED = {
+    (forwards, identity): HOP_BY_HOP
+    | _SET_FOR_UPSTREAM
+    | (frozenset() if forwards else CLIENT_CREDENTIALS)
+    | (_ACCEPT_ENCODING if identity else frozenset())
+    for forwards in (True, False)
+    for identity in (True, False)
+}
 # aiohttp adds these when absent; a relay must send only what the client sent.
 SKIP_AUTO_HEADERS = frozenset({"Accept", "Accept-Encoding", "User-Agent", "Content-Type"})
 
@@ -110,15 +120,15 @@ class Upstream:
         `identity` asks the upstream for an uncompressed answer, which the gateway reads
         to count tokens.
         """
-        dropped = _connection_tokens(client_headers) | HOP_BY_HOP | _SET_FOR_UPSTREAM
-        if not self.forwards_client_credentials:
-            dropped |= CLIENT_CREDENTIALS
-        if identity:
-            dropped |= {"accept-encoding"}
+        # ASGI servers hand header names over lower-cased.
+        dropped = _DROPPED[self.forwards_client_credentials, identity]
+        listed = _connection_tokens(client_headers)
+        if listed:
+            dropped = dropped | listed
         headers = [
             (name.decode("latin-1"), value.decode("latin-1"))
             for name, value in client_headers
-            if name.decode("latin-1").lower() not in dropped
+            if name not in dropped
         ]
         if not self.forwards_client_credentials:
             headers.extend(self.credentials)
@@ -127,17 +137,17 @@ class Upstream:
         return headers
 
 
-def _connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> set[str]:
+def _connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes]:
     """Header names listed in `Connection`, which are hop-by-hop as well."""
-    tokens: set[str] = set()
+    tokens: set[bytes] = set()
     for name, value in headers:
         if name.lower() == b"connection":
-            tokens.update(t.strip().lower() for t in value.decode("latin-1").split(","))
-    return tokens
+            tokens.update(token.strip().lower() for token in value.split(b","))
+    return frozenset(tokens)
 
 
 def response_headers(upstream_headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     """The upstream's response headers for the client: all but the hop-by-hop ones."""
     pairs = list(upstream_headers)
-    dropped = _connection_tokens(pairs) | HOP_BY_HOP
-    return [(name, value) for name, value in pairs if name.decode("latin-1").lower() not in dropped]
+    dropped = HOP_BY_HOP | _connection_tokens(pairs)
+    return [(name, value) for name, value in pairs if name.lower() not in dropped]
