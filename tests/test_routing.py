@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Iterator
 
 import anthropic
 import httpx
@@ -283,3 +284,39 @@ def test_answers_are_relayed_as_they_arrive_not_buffered_whole(
             if len(received) >= first_event_end:
                 gate.set()  # the upstream sends the rest only once the first part got through
     assert received == stream
+
+
+def test_a_chunked_request_body_reaches_the_upstream_whole(
+    gateway: RunningGateway, target: ScriptedUpstream
+) -> None:
+    body = orjson.dumps(HELLO)
+
+    def pieces() -> Iterator[bytes]:  # no length known in advance: sent chunked
+        yield body[:10]
+        yield body[10:]
+
+    with httpx.Client(timeout=30) as http:
+        resp = http.post(gateway.url + "/v1/messages", content=pieces())
+    assert resp.status_code == 200
+    seen = target.seen[0]
+    assert seen.json()["messages"] == HELLO["messages"]
+    assert seen.headers["content-length"] == str(len(seen.body))
+    assert "transfer-encoding" not in seen.headers
+
+
+def test_sdk_count_tokens_on_a_target_without_it_gets_the_estimate(
+    client: anthropic.Anthropic,
+) -> None:
+    counted = client.messages.count_tokens(
+        model="claude-test-model", messages=[{"role": "user", "content": "hello " * 400}]
+    )
+    assert 400 <= counted.input_tokens <= 1200
+
+
+def test_gateway_listens_on_ipv6_loopback(
+    start_gateway: GatewayFactory, target: ScriptedUpstream
+) -> None:
+    gateway = start_gateway(server={"listen_address": "[::1]:0"})
+    assert gateway.url.startswith("http://[::1]:")
+    _, raw = post_raw(gateway, orjson.dumps(HELLO))
+    assert orjson.loads(raw)["type"] == "message"
