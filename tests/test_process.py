@@ -568,3 +568,13 @@ def test_demo_once_streams_a_request_and_shows_its_stats(tmp_path: Path) -> None
     assert stats["total_requests"] == 1
     assert stats["output_tokens"] > 0
     assert stats["input_tokens"] > 0
+
+
+def test_demo_serves_on_until_ctrl_c_and_then_exits_0(launch: Any) -> None:
+    demo: GatewayProcess = launch(["demo", "--listen", "127.0.0.1:0"], gateway_env())
+    assert wait_until(lambda: "Serving until Ctrl-C" in "".join(demo.stdout), timeout=WAIT)
+    url = re.search(r"ANTHROPIC_BASE_URL=(\S+)", "".join(demo.stdout))
+    assert url is not None
+    assert httpx.get(f"{url.group(1)}/api/stats", timeout=WAIT).json()["total_requests"] == 1
+    assert demo.stop(signal.SIGINT) == 0
+    assert "Traceback" not in demo.output()

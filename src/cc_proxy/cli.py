@@ -107,7 +107,10 @@ def _demo(args: argparse.Namespace) -> int:
         configure_logging(settings.tracing.log_level)
         return settings
 
-    return uvloop.run(run_demo(settings_for, once=args.once))
+    # Ctrl-C ends the demo: uvicorn drains, then hands the signal on to the runner.
+    with contextlib.suppress(KeyboardInterrupt):
+        return uvloop.run(run_demo(settings_for, once=args.once))
+    return 0
 
 
 def _standin(listen: str, event_delay: float) -> int:
