@@ -1,8 +1,8 @@
 """SSE framing and token accounting of Messages API answers.
 
 Only `message_start`, `content_block_start`, `message_delta`, `message_stop` and `error`
-events carry what is counted; the many `content_block_delta` events are recognised by their `event:`
-line and never decoded.
+events carry what is counted; the many `content_block_delta` events are recognised by
+their `event:` line and never decoded.
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ MAX_HELD_BYTES = 1024 * 1024
 
 def complete_events_end(buffer: bytes) -> int:
     """Offset just past the last complete SSE event in `buffer`, 0 when there is none."""
+    if buffer.endswith(_LF_BOUNDARY) or buffer.endswith(_CRLF_BOUNDARY):
+        return len(buffer)  # the usual case: upstreams write whole events
     lf = buffer.rfind(_LF_BOUNDARY)
     crlf = buffer.rfind(_CRLF_BOUNDARY)
     return max(lf + 2 if lf >= 0 else 0, crlf + 4 if crlf >= 0 else 0)
@@ -60,23 +62,15 @@ class SseFramer:
         held, self._held = self._held, b""
         return held
 
-    @property
-    def mid_event(self) -> bool:
-        return bool(self._held)
 
-
-def _event_name_and_data(block: bytes) -> tuple[bytes | None, bytes]:
-    name: bytes | None = None
+def _data_of(block: bytes) -> bytes:
+    """The data of an SSE event in any field order, multi-line data joined."""
     data: list[bytes] = []
     for line in block.split(b"\n"):
         field, _, value = line.partition(b":")
-        if value.startswith(b" "):
-            value = value[1:]
-        if field == b"event":
-            name = value
-        elif field == b"data":
-            data.append(value)
-    return name, b"\n".join(data)
+        if field == b"data":
+            data.append(value[1:] if value.startswith(b" ") else value)
+    return b"\n".join(data)
 
 
 def account_events(region: bytes, usage: Usage) -> None:
@@ -95,9 +89,9 @@ def account_events(region: bytes, usage: Usage) -> None:
             if block.startswith(b"data: ", end + 1) and block.find(b"\n", end + 1) < 0:
                 data = block[end + 7 :]
             else:
-                _, data = _event_name_and_data(block)
+                data = _data_of(block)
         elif any(name in block for name in _COUNTED_NAMES):
-            _, data = _event_name_and_data(block)
+            data = _data_of(block)
         else:
             continue
         if data:
