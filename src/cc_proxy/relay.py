@@ -26,6 +26,8 @@ MAX_COUNTED_JSON_BYTES = 64 * 1024 * 1024
 class Sink:
     """Where an answer goes. The base class discards it (the shadow's sink)."""
 
+    __slots__ = ()
+
     async def start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         """The upstream's status and headers, before any body."""
 
