@@ -68,6 +68,20 @@ class Seen:
         return orjson.loads(self.body)
 
 
+class Gate:
+    """An `asyncio.Event` on the upstreams' loop that the test thread opens."""
+
+    def __init__(self, loop_thread: LoopThread) -> None:
+        self._loop = loop_thread.loop
+        self._event = asyncio.Event()
+
+    def open(self) -> None:
+        self._loop.call_soon_threadsafe(self._event.set)
+
+    async def wait(self) -> None:
+        await self._event.wait()
+
+
 Responder = Callable[[web.Request, "ScriptedUpstream"], Awaitable[web.StreamResponse]]
 
 
@@ -99,9 +113,13 @@ class Reply:
         status: int = 200,
         headers: dict[str, str] | None = None,
         then: str = "end",
+        gate: Gate | None = None,
+        hold_at: int = 0,
     ) -> Reply:
-        """Each item of `events` is written on its own; `then` is "end", "close" (the
-        connection drops without an end) or "hang" (nothing more is ever sent)."""
+        """Each item of `events` is written on its own, `delay` seconds apart. With a
+        `gate`, `events[hold_at:]` wait until the test opens it. `then` is "end",
+        "close" (the connection drops without an end) or "hang" (nothing more is ever
+        sent). A connection the gateway closes is recorded in `aborted`."""
 
         async def respond(request: web.Request, up: ScriptedUpstream) -> web.StreamResponse:
             response = web.StreamResponse(
@@ -110,10 +128,14 @@ class Reply:
             )
             await response.prepare(request)
             try:
-                for event in events:
+                for index, event in enumerate(events):
+                    if gate is not None and index == hold_at:
+                        await gate.wait()
                     await response.write(event)
                     if delay:
                         await asyncio.sleep(delay)
+                if then == "hang":
+                    await asyncio.sleep(3600)
             except (ConnectionError, RuntimeError, asyncio.CancelledError):
                 up.aborted.append(time.monotonic())
                 raise
@@ -121,27 +143,6 @@ class Reply:
                 assert request.transport is not None
                 request.transport.close()
                 return response
-            if then == "hang":
-                await asyncio.sleep(3600)
-            await response.write_eof()
-            up.completed += 1
-            return response
-
-        return cls(respond)
-
-    @classmethod
-    def gated(cls, first: bytes, rest: bytes, gate: threading.Event, content_type: str) -> Reply:
-        """Send `first`, wait until the test sets `gate`, then send `rest`.
-
-        A relay that buffered the answer whole would never let the client see `first`.
-        """
-
-        async def respond(request: web.Request, up: ScriptedUpstream) -> web.StreamResponse:
-            response = web.StreamResponse(headers={"content-type": content_type})
-            await response.prepare(request)
-            await response.write(first)
-            await asyncio.to_thread(gate.wait, 10)
-            await response.write(rest)
             await response.write_eof()
             up.completed += 1
             return response

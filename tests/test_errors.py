@@ -7,9 +7,7 @@ upstreams; nothing of the HTTP layer is mocked, and no test asserts on durations
 
 from __future__ import annotations
 
-import asyncio
 import socket
-import time
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -18,11 +16,11 @@ import anthropic
 import httpx
 import orjson
 import pytest
-from aiohttp import web
 
 from cc_proxy.standin import answer, message_events
 from conftest import CLIENT_KEY, GatewayFactory
 from harness import (
+    Gate,
     LoopThread,
     Reply,
     RunningGateway,
@@ -183,57 +181,6 @@ def in_flight(gateway: RunningGateway) -> int:
     limiter = gateway.gateway.upstreams["target"].limiter
     assert limiter is not None
     return limiter.in_flight
-
-
-class Gate:
-    """An `asyncio.Event` on the upstreams' loop that the test thread opens."""
-
-    def __init__(self, loop_thread: LoopThread) -> None:
-        self._loop = loop_thread.loop
-        self.event = asyncio.Event()
-
-    def open(self) -> None:
-        self._loop.call_soon_threadsafe(self.event.set)
-
-
-def gated_sse(events: list[bytes], gate: Gate, *, before: int = 2) -> Reply:
-    """Stream `events[:before]`, wait for the gate, then stream the rest and end."""
-
-    async def respond(request: web.Request, up: ScriptedUpstream) -> web.StreamResponse:
-        response = web.StreamResponse(headers={"content-type": "text/event-stream"})
-        await response.prepare(request)
-        try:
-            for event in events[:before]:
-                await response.write(event)
-            await gate.event.wait()
-            for event in events[before:]:
-                await response.write(event)
-        except (ConnectionError, RuntimeError, asyncio.CancelledError):
-            up.aborted.append(time.monotonic())
-            raise
-        await response.write_eof()
-        up.completed += 1
-        return response
-
-    return Reply(respond)
-
-
-def stalled_sse(events: list[bytes]) -> Reply:
-    """Stream `events`, then fall silent for good; a closed connection is recorded."""
-
-    async def respond(request: web.Request, up: ScriptedUpstream) -> web.StreamResponse:
-        response = web.StreamResponse(headers={"content-type": "text/event-stream"})
-        await response.prepare(request)
-        try:
-            for event in events:
-                await response.write(event)
-            await asyncio.sleep(3600)
-        except (ConnectionError, RuntimeError, asyncio.CancelledError):
-            up.aborted.append(time.monotonic())
-            raise
-        raise AssertionError("unreachable")
-
-    return Reply(respond)
 
 
 @pytest.fixture
@@ -508,7 +455,7 @@ def test_request_over_max_concurrent_is_529_overloaded_after_bounded_wait(
 ) -> None:
     gate = Gate(loop_thread)
     body, headers = fixture_request()
-    target.queue(gated_sse(stream_events(body), gate))
+    target.queue(Reply.sse(stream_events(body), gate=gate, hold_at=2))
     gateway = start_gateway(target={"max_concurrent": 1, "queue_wait_secs": 0.2})
     client = sdk(gateway)
 
@@ -540,7 +487,7 @@ def test_request_over_max_concurrent_via_streaming_call_is_529(
 ) -> None:
     gate = Gate(loop_thread)
     body, headers = fixture_request()
-    target.queue(gated_sse(stream_events(body), gate))
+    target.queue(Reply.sse(stream_events(body), gate=gate, hold_at=2))
     gateway = start_gateway(target={"max_concurrent": 1, "queue_wait_secs": 0.2})
     client = sdk(gateway)
     holder = create_stream(client, body, headers)
@@ -564,7 +511,7 @@ def test_waiting_request_that_gets_the_slot_within_the_wait_succeeds(
 ) -> None:
     gate = Gate(loop_thread)
     body, headers = fixture_request()
-    target.queue(gated_sse(stream_events(body), gate))
+    target.queue(Reply.sse(stream_events(body), gate=gate, hold_at=2))
     # A long wait, so that the slot surely comes free inside it on a slow machine too.
     gateway = start_gateway(target={"max_concurrent": 1, "queue_wait_secs": 60})
     limiter = gateway.gateway.upstreams["target"].limiter
@@ -699,7 +646,7 @@ def test_upstream_stalling_mid_stream_past_timeout_ends_with_sse_timeout_error(
 ) -> None:
     body, _ = fixture_request()
     delivered = stream_events(body)[:5]
-    target.queue(stalled_sse(delivered))
+    target.queue(Reply.sse(delivered, then="hang"))
     gateway = start_gateway(target={"timeout_secs": 0.5})
     with httpx.Client(base_url=gateway.url, timeout=30) as http:
         path, fixture_headers, raw_body = load_fixture("basic")

@@ -7,7 +7,6 @@ token ever reaches the program's output.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import re
@@ -23,10 +22,9 @@ from typing import IO, Any
 
 import httpx
 import pytest
-from aiohttp import web
 
 from cc_proxy.standin import answer, message_events
-from harness import LoopThread, Reply, ScriptedUpstream, wait_until
+from harness import Gate, LoopThread, Reply, ScriptedUpstream, wait_until
 
 SRC = Path(__file__).resolve().parent.parent / "src"
 
@@ -440,28 +438,6 @@ def test_api_keys_and_bearer_tokens_never_reach_the_output(
 # --- signals -------------------------------------------------------------------------------
 
 
-def gated_stream(events: list[bytes], *, before_gate: int, gate: asyncio.Event) -> Reply:
-    """Send `before_gate` events, wait for the gate, then the rest slowly."""
-
-    async def respond(request: web.Request, up: ScriptedUpstream) -> web.StreamResponse:
-        response = web.StreamResponse(headers={"content-type": "text/event-stream"})
-        await response.prepare(request)
-        try:
-            for index, event in enumerate(events):
-                if index == before_gate:
-                    await gate.wait()
-                await response.write(event)
-                await asyncio.sleep(0.05)
-        except (ConnectionError, asyncio.CancelledError):
-            up.aborted.append(time.monotonic())
-            raise
-        await response.write_eof()
-        up.completed += 1
-        return response
-
-    return Reply(respond)
-
-
 def test_sigterm_finishes_stream_in_flight_refuses_new_connections_and_exits_0(
     launch: Any, target: ScriptedUpstream, loop_thread: LoopThread
 ) -> None:
@@ -469,8 +445,8 @@ def test_sigterm_finishes_stream_in_flight_refuses_new_connections_and_exits_0(
     message["content"] = [{"type": "text", "text": "ab" * 24}]
     events = message_events(message, pieces=24)
     assert len(events) == 30
-    gate = asyncio.Event()
-    target.queue(gated_stream(events, before_gate=3, gate=gate))
+    gate = Gate(loop_thread)
+    target.queue(Reply.sse(events, delay=0.05, gate=gate, hold_at=3))
     gateway: GatewayProcess = launch(
         ["--target-url", target.url], gateway_env(CC_SERVER__LISTEN_ADDRESS="127.0.0.1:0")
     )
@@ -490,11 +466,11 @@ def test_sigterm_finishes_stream_in_flight_refuses_new_connections_and_exits_0(
             assert wait_until(lambda: refused(port), timeout=WAIT), "still accepting"
             assert gateway.proc.poll() is None  # waiting for the stream in flight
 
-            loop_thread.loop.call_soon_threadsafe(gate.set)
+            gate.open()
             for chunk in chunks:
                 received += chunk
     finally:
-        loop_thread.loop.call_soon_threadsafe(gate.set)
+        gate.open()
     assert received == b"".join(events)
     assert wait_until(lambda: target.completed == 1, timeout=WAIT)
     assert gateway.wait() == 0
@@ -505,8 +481,8 @@ def test_stream_outliving_the_shutdown_grace_ends_with_an_sse_error_and_exit_0(
     launch: Any, target: ScriptedUpstream, loop_thread: LoopThread
 ) -> None:
     events = message_events(answer(STREAM_REQUEST))
-    never = asyncio.Event()  # the upstream never sends past the first three events
-    target.queue(gated_stream(events, before_gate=3, gate=never))
+    never = Gate(loop_thread)  # the upstream never sends past the first three events
+    target.queue(Reply.sse(events, gate=never, hold_at=3))
     gateway: GatewayProcess = launch(
         ["--target-url", target.url],
         gateway_env(CC_SERVER__LISTEN_ADDRESS="127.0.0.1:0", CC_SERVER__SHUTDOWN_GRACE_SECS="1"),

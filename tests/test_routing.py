@@ -4,7 +4,6 @@ client gets back — byte for byte."""
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
 
 import anthropic
@@ -14,7 +13,7 @@ import pytest
 
 from cc_proxy.standin import answer, message_events
 from conftest import CLIENT_KEY, GatewayFactory
-from harness import Reply, RunningGateway, ScriptedUpstream, load_fixture
+from harness import Gate, LoopThread, Reply, RunningGateway, ScriptedUpstream, load_fixture
 
 HELLO = {
     "model": "claude-test-model",
@@ -266,14 +265,15 @@ class TestCountTokens:
     "content_type", ["text/event-stream", "application/json"], ids=["sse", "json"]
 )
 def test_answers_are_relayed_as_they_arrive_not_buffered_whole(
-    gateway: RunningGateway, target: ScriptedUpstream, content_type: str
+    gateway: RunningGateway, target: ScriptedUpstream, loop_thread: LoopThread, content_type: str
 ) -> None:
+    # A relay that buffered the answer whole would never let the client see its first
+    # part, and the upstream sends the rest only once the first part got through.
     stream = b"".join(message_events(answer(HELLO)))
     first_event_end = stream.index(b"\n\n") + 2
-    gate = threading.Event()
-    target.queue(
-        Reply.gated(stream[:first_event_end], stream[first_event_end:], gate, content_type)
-    )
+    gate = Gate(loop_thread)
+    parts = [stream[:first_event_end], stream[first_event_end:]]
+    target.queue(Reply.sse(parts, headers={"content-type": content_type}, gate=gate, hold_at=1))
     received = b""
     with (
         httpx.Client(timeout=10) as http,
@@ -282,7 +282,7 @@ def test_answers_are_relayed_as_they_arrive_not_buffered_whole(
         for chunk in resp.iter_raw():
             received += chunk
             if len(received) >= first_event_end:
-                gate.set()  # the upstream sends the rest only once the first part got through
+                gate.open()
     assert received == stream
 
 
