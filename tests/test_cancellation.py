@@ -16,15 +16,20 @@ ASK = {
 }
 
 
-def test_client_leaving_before_the_first_byte_closes_the_upstream_request(
-    gateway: RunningGateway, target: ScriptedUpstream
-) -> None:
+def leave_before_the_first_byte(gateway: RunningGateway, target: ScriptedUpstream) -> None:
+    """Ask a target that never answers, and hang up after a moment."""
     target.queue(Reply.hang())
     with (
         httpx.Client(timeout=httpx.Timeout(30, read=0.3)) as http,
         pytest.raises(httpx.ReadTimeout),
     ):
         http.post(gateway.url + "/v1/messages", json=ASK)
+
+
+def test_client_leaving_before_the_first_byte_closes_the_upstream_request(
+    gateway: RunningGateway, target: ScriptedUpstream
+) -> None:
+    leave_before_the_first_byte(gateway, target)
     # the stand-in's handler is cancelled when its connection closes
     assert wait_until(lambda: len(target.aborted) == 1)
     assert wait_until(lambda: gateway.stats["client_disconnects"] == 1)
@@ -34,12 +39,7 @@ def test_client_leaving_before_the_first_byte_closes_the_upstream_request(
 def test_the_gateway_serves_the_next_request_after_a_client_left(
     gateway: RunningGateway, target: ScriptedUpstream
 ) -> None:
-    target.queue(Reply.hang())
-    with (
-        httpx.Client(timeout=httpx.Timeout(30, read=0.3)) as http,
-        pytest.raises(httpx.ReadTimeout),
-    ):
-        http.post(gateway.url + "/v1/messages", json=ASK)
+    leave_before_the_first_byte(gateway, target)
     with httpx.Client(timeout=30) as http:
         resp = http.post(gateway.url + "/v1/messages", json=ASK)
     assert resp.status_code == 200
