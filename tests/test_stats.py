@@ -190,3 +190,24 @@ def test_a_failing_observer_does_not_break_requests_or_the_other_observers(
     message = client.messages.create(**ASK)
     assert message.usage.output_tokens > 0
     assert stats(gateway)["total_requests"] == 1
+
+
+def test_a_failing_body_watcher_does_not_break_the_answer(
+    client: anthropic.Anthropic, gateway: RunningGateway
+) -> None:
+    from collections.abc import Callable
+
+    from cc_proxy.exchange import Exchange, Observer
+
+    def broken(chunk: bytes) -> None:
+        raise RuntimeError("watcher bug")
+
+    class Watching(Observer):
+        def body_watcher(self, exchange: Exchange) -> Callable[[bytes], None] | None:
+            return broken
+
+    gateway.gateway.observers.add(Watching())
+    with client.messages.stream(**ASK) as stream:
+        message = stream.get_final_message()
+    assert message.usage.output_tokens > 0
+    assert stats(gateway)["output_tokens"] == message.usage.output_tokens

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -18,6 +19,8 @@ from cc_proxy.accounting import SseFramer, account_events, account_json
 from cc_proxy.errors import ErrorType, GatewayError, sse_error_event
 from cc_proxy.exchange import Exchange, Observer, Outcome
 from cc_proxy.upstream import SKIP_AUTO_HEADERS, Headers, Upstream
+
+log = logging.getLogger("cc_proxy")
 
 # A non-streaming Messages answer larger than this is relayed but not counted.
 MAX_COUNTED_JSON_BYTES = 64 * 1024 * 1024
@@ -142,6 +145,16 @@ def _reason(exc: BaseException | None) -> str:
     return text or type(exc).__name__
 
 
+def _show(watchers: list[Callable[[bytes], None]], chunk: bytes) -> None:
+    """Pass a relayed chunk to the observers' watchers; one that fails is dropped."""
+    for watch in tuple(watchers):
+        try:
+            watch(chunk)
+        except Exception:
+            log.exception("a body watcher failed; it sees no more of this answer")
+            watchers.remove(watch)
+
+
 async def _body_chunks(
     response: aiohttp.ClientResponse, exchange: Exchange, observers: Observer
 ) -> AsyncIterator[bytes]:
@@ -172,8 +185,8 @@ async def _relay_sse(
             # counted once passed on: the stats count what the client was given
             if counting:
                 account_events(events, exchange.usage)
-            for watch in watchers:
-                watch(events)
+            if watchers:
+                _show(watchers, events)
     usage = exchange.usage
     if counting and (exchange.status or 0) < 400 and not usage.stopped and not usage.error_type:
         # A close-delimited stream that ends early looks like a normal end to the HTTP
@@ -184,8 +197,8 @@ async def _relay_sse(
     # so it is passed on unchanged but not counted.
     tail = framer.flush()
     if tail:
-        for watch in watchers:
-            watch(tail)
+        if watchers:
+            _show(watchers, tail)
         await sink.body(tail)
 
 
@@ -202,8 +215,8 @@ async def _relay_body(
             collected += chunk
             if len(collected) > MAX_COUNTED_JSON_BYTES:
                 collected = None
-        for watch in watchers:
-            watch(chunk)
+        if watchers:
+            _show(watchers, chunk)
         await sink.body(chunk)
     if collected is not None:
         account_json(bytes(collected), exchange.usage)
