@@ -90,6 +90,33 @@ class Exchange:
         )
 
 
+class AnswerCopy:
+    """What an observer keeps of a relayed answer: its first `limit` bytes, and its size."""
+
+    __slots__ = ("data", "limit", "size")
+
+    def __init__(self, limit: int) -> None:
+        self.data = bytearray()
+        self.limit = limit
+        self.size = 0
+
+    def keep(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        room = self.limit - len(self.data)
+        if room > 0:
+            self.data.extend(chunk[:room])
+
+
+def shown(content: bytes | bytearray, limit: int, size: int | None = None) -> str:
+    """`content` as text for a log line or span, cut at `limit` bytes; a cut says how
+    large the whole was (`size`, when `content` is already a cut copy)."""
+    whole = len(content) if size is None else size
+    text = bytes(content[:limit]).decode("utf-8", "replace")
+    if whole > limit:
+        text += f"… ({whole} bytes in all)"
+    return text
+
+
 class Observer:
     """Subscribes to exchanges. Every hook is optional and must not block or raise."""
 

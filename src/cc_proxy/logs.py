@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from cc_proxy.exchange import Exchange, Observer
+from cc_proxy.exchange import AnswerCopy, Exchange, Observer, shown
 
 access_log = logging.getLogger("cc_proxy.access")
 trace_log = logging.getLogger("cc_proxy.trace")
@@ -54,23 +54,15 @@ class ContentLog(Observer):
     """Request and answer content of exchanges that started while tracing was on."""
 
     def __init__(self) -> None:
-        self._answers: dict[tuple[str, str], bytearray] = {}
+        self._answers: dict[tuple[str, str], AnswerCopy] = {}
 
     def on_start(self, exchange: Exchange) -> None:
         if exchange.trace_content:
-            self._answers[exchange.id, exchange.role] = bytearray()
+            self._answers[exchange.id, exchange.role] = AnswerCopy(MAX_LOGGED_CONTENT)
 
     def body_watcher(self, exchange: Exchange) -> Callable[[bytes], None] | None:
         answer = self._answers.get((exchange.id, exchange.role))
-        if answer is None:
-            return None
-
-        def keep(chunk: bytes) -> None:
-            room = MAX_LOGGED_CONTENT - len(answer)
-            if room > 0:
-                answer.extend(chunk[:room])
-
-        return keep
+        return None if answer is None else answer.keep
 
     def on_end(self, exchange: Exchange) -> None:
         answer = self._answers.pop((exchange.id, exchange.role), None)
@@ -80,13 +72,7 @@ class ContentLog(Observer):
             "id=%s role=%s request=%s",
             exchange.id,
             exchange.role,
-            _text(exchange.request_body),
+            shown(exchange.request_body, MAX_LOGGED_CONTENT),
         )
-        trace_log.info("id=%s role=%s answer=%s", exchange.id, exchange.role, _text(answer))
-
-
-def _text(content: bytes | bytearray) -> str:
-    shown = bytes(content[:MAX_LOGGED_CONTENT]).decode("utf-8", "replace")
-    if len(content) > MAX_LOGGED_CONTENT:
-        shown += f"… ({len(content)} bytes in all)"
-    return shown
+        answer_text = shown(answer.data, MAX_LOGGED_CONTENT, answer.size)
+        trace_log.info("id=%s role=%s answer=%s", exchange.id, exchange.role, answer_text)

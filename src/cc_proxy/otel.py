@@ -31,7 +31,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from cc_proxy.config import TracingSettings, redact_url
-from cc_proxy.exchange import Exchange, Observer, Outcome, Role
+from cc_proxy.exchange import AnswerCopy, Exchange, Observer, Outcome, Role, shown
 
 log = logging.getLogger("cc_proxy.otel")
 
@@ -158,8 +158,7 @@ class WatchedExporter(SpanExporter):
 @dataclass(slots=True)
 class _Open:
     span: Span
-    answer: bytearray | None = None  # the relayed answer, when content is traced
-    answer_size: int = 0
+    answer: AnswerCopy | None = None  # the relayed answer, when content is traced
 
 
 class OtlpTracing(Observer):
@@ -211,22 +210,12 @@ class OtlpTracing(Observer):
             attributes=_start_attributes(exchange),
         )
         self._open[exchange.id, exchange.role] = _Open(
-            span, bytearray() if exchange.trace_content else None
+            span, AnswerCopy(MAX_COLLECTED_ANSWER) if exchange.trace_content else None
         )
 
     def body_watcher(self, exchange: Exchange) -> Callable[[bytes], None] | None:
         opened = self._open.get((exchange.id, exchange.role))
-        if opened is None or opened.answer is None:
-            return None
-        answer = opened.answer
-
-        def keep(chunk: bytes) -> None:
-            opened.answer_size += len(chunk)
-            room = MAX_COLLECTED_ANSWER - len(answer)
-            if room > 0:
-                answer.extend(chunk[:room])
-
-        return keep
+        return None if opened is None or opened.answer is None else opened.answer.keep
 
     def on_end(self, exchange: Exchange) -> None:
         opened = self._open.pop((exchange.id, exchange.role), None)
@@ -237,7 +226,7 @@ class OtlpTracing(Observer):
         if exchange.trace_content:
             span.set_attributes(
                 {
-                    "input.value": _bounded(exchange.request_body, len(exchange.request_body)),
+                    "input.value": shown(exchange.request_body, MAX_SPAN_CONTENT),
                     "input.mime_type": "application/json",
                 }
             )
@@ -334,11 +323,11 @@ def _end_attributes(exchange: Exchange) -> dict[str, Any]:
 def _output_attributes(exchange: Exchange, opened: _Open) -> dict[str, Any]:
     """The answer as Phoenix shows it best: the whole message as JSON, and its text."""
     assert opened.answer is not None
-    raw = bytes(opened.answer)
+    raw = bytes(opened.answer.data)
     message = reassemble_message(raw) if exchange.stream else _json_object(raw)
     if message is None:  # not a Messages answer (or cut short): recorded as it came
         return {
-            "output.value": _bounded(raw, opened.answer_size),
+            "output.value": shown(raw, MAX_SPAN_CONTENT, opened.answer.size),
             "output.mime_type": "text/plain",
         }
     text = "".join(
@@ -349,10 +338,10 @@ def _output_attributes(exchange: Exchange, opened: _Open) -> dict[str, Any]:
     as_json = orjson.dumps(message)
     as_text = text.encode()
     return {
-        "output.value": _bounded(as_json, len(as_json)),
+        "output.value": shown(as_json, MAX_SPAN_CONTENT),
         "output.mime_type": "application/json",
         "llm.output_messages.0.message.role": str(message.get("role") or "assistant"),
-        "llm.output_messages.0.message.content": _bounded(as_text, len(as_text)),
+        "llm.output_messages.0.message.content": shown(as_text, MAX_SPAN_CONTENT),
     }
 
 
@@ -425,10 +414,3 @@ def _error_type(exchange: Exchange) -> str:
     if exchange.outcome is not None and exchange.outcome is not Outcome.COMPLETE:
         return exchange.outcome.value
     return str(exchange.status)
-
-
-def _bounded(content: bytes | bytearray, size: int) -> str:
-    shown = bytes(content[:MAX_SPAN_CONTENT]).decode("utf-8", "replace")
-    if size > MAX_SPAN_CONTENT:
-        shown += f"… ({size} bytes in all)"
-    return shown
