@@ -105,7 +105,7 @@ def test_query_string_is_kept(gateway: RunningGateway, target: ScriptedUpstream)
     assert target.seen[0].query == "beta=true"
 
 
-def test_target_body_gets_the_model_and_nothing_else_changes(
+def test_target_body_gets_the_model_and_loses_the_billing_block_and_nothing_else_changes(
     gateway: RunningGateway, target: ScriptedUpstream
 ) -> None:
     path, headers, body = load_fixture("subagent_explore")
@@ -114,7 +114,8 @@ def test_target_body_gets_the_model_and_nothing_else_changes(
     post_raw(gateway, body, path, **headers)
     sent = target.seen[0].json()
     assert sent["model"] == "glm-5"
-    assert {**sent, "model": original["model"]} == original
+    expected = {**original, "system": original["system"][1:]}
+    assert {**sent, "model": original["model"]} == expected
 
 
 def test_target_defaults_are_added_only_where_the_request_lacks_them(

@@ -20,8 +20,9 @@ from cc_proxy.logs import AccessLog, ContentLog
 from cc_proxy.modes import Mode, ModeSwitch
 from cc_proxy.proxy import REQUEST_ID_HEADER, ContentTracing, Proxy
 from cc_proxy.shadow import Shadow
-from cc_proxy.shaping import TargetShaping
+from cc_proxy.shaping import PassthroughShaping, TargetShaping
 from cc_proxy.stats import Stats
+from cc_proxy.thinking import TargetThinking, ThinkingSignatures
 from cc_proxy.upstream import Limiter, Upstream
 
 if TYPE_CHECKING:
@@ -96,7 +97,9 @@ class Gateway:
 
             self.otel = OtlpTracing(settings.tracing)
             self.observers.add(self.otel)
-        shaping = TargetShaping.from_settings(settings.target)
+        signatures = ThinkingSignatures(settings.target.thinking_signatures)
+        self.observers.add(TargetThinking(signatures))
+        shaping = TargetShaping.from_settings(settings.target, signatures)
         self.shadow = Shadow(
             self.upstreams.get("target"), shaping, self.observers, lambda: self.proxy.session
         )
@@ -104,6 +107,7 @@ class Gateway:
             upstreams=self.upstreams,
             modes=self.modes,
             shaping=shaping,
+            passthrough_shaping=PassthroughShaping(signatures),
             observers=self.observers,
             shadow=self.shadow,
             tracing=self.tracing,

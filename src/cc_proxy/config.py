@@ -122,6 +122,15 @@ class TargetSettings(_Section):
     temperature: float | None = None
     top_p: float | None = None
     max_tokens: int | None = Field(default=None, gt=0)
+    # Target-bound shaping for self-hosted servers (shaping.py).
+    strip_billing_header: bool = True
+    fold_system_messages: bool = False
+    drop_betas: tuple[str, ...] = ()
+    drop_fields: tuple[str, ...] = ()
+    # How many signatures of the target's thinking blocks are remembered, so that those
+    # blocks are taken out of passthrough-bound requests after a mode switch; 0 = off.
+    thinking_signatures: int = Field(default=4096, ge=0)
+    drop_foreign_thinking: bool = False
 
 
 class PassthroughSettings(_Section):

@@ -23,7 +23,7 @@ from cc_proxy.exchange import Exchange, Observers, Outcome, Role
 from cc_proxy.modes import Mode, ModeSwitch
 from cc_proxy.relay import Sink, relay
 from cc_proxy.shadow import Shadow
-from cc_proxy.shaping import TargetShaping
+from cc_proxy.shaping import PassthroughShaping, TargetShaping
 from cc_proxy.upstream import Upstream, response_headers
 
 REQUEST_ID_HEADER = b"x-cc-proxy-request-id"
@@ -50,21 +50,26 @@ class Route:
     shape: bool = False  # the target rewrites (SPEC.md §3) apply
     shadow: bool = False  # a shaped copy also goes to the target (compare mode)
     estimate: bool = False  # a target without count_tokens gets a local estimate
+    # thinking blocks the target signed are taken out (Anthropic would reject them)
+    strip_target_thinking: bool = False
 
 
 TARGET = Route("target")
 PASSTHROUGH = Route("passthrough")
+PASSTHROUGH_MESSAGES = Route("passthrough", strip_target_thinking=True)
 
 # SPEC.md §1 as a table.
 ROUTES: Mapping[tuple[Mode, Endpoint], Route] = {
     (Mode.TARGET, Endpoint.MESSAGES): Route("target", shape=True),
     (Mode.TARGET, Endpoint.COUNT_TOKENS): Route("target", shape=True, estimate=True),
     (Mode.TARGET, Endpoint.OTHER): TARGET,
-    (Mode.COMPARE, Endpoint.MESSAGES): Route("passthrough", shadow=True),
-    (Mode.COMPARE, Endpoint.COUNT_TOKENS): PASSTHROUGH,
+    (Mode.COMPARE, Endpoint.MESSAGES): Route(
+        "passthrough", shadow=True, strip_target_thinking=True
+    ),
+    (Mode.COMPARE, Endpoint.COUNT_TOKENS): PASSTHROUGH_MESSAGES,
     (Mode.COMPARE, Endpoint.OTHER): PASSTHROUGH,
-    (Mode.ANTHROPIC_ONLY, Endpoint.MESSAGES): PASSTHROUGH,
-    (Mode.ANTHROPIC_ONLY, Endpoint.COUNT_TOKENS): PASSTHROUGH,
+    (Mode.ANTHROPIC_ONLY, Endpoint.MESSAGES): PASSTHROUGH_MESSAGES,
+    (Mode.ANTHROPIC_ONLY, Endpoint.COUNT_TOKENS): PASSTHROUGH_MESSAGES,
     (Mode.ANTHROPIC_ONLY, Endpoint.OTHER): PASSTHROUGH,
 }
 
@@ -213,6 +218,7 @@ class Proxy:
         upstreams: Mapping[str, Upstream],
         modes: ModeSwitch,
         shaping: TargetShaping,
+        passthrough_shaping: PassthroughShaping,
         observers: Observers,
         shadow: Shadow,
         tracing: ContentTracing,
@@ -221,6 +227,7 @@ class Proxy:
         self.upstreams = upstreams
         self.modes = modes
         self.shaping = shaping
+        self.passthrough_shaping = passthrough_shaping
         self.observers = observers
         self.shadow = shadow
         self.tracing = tracing
@@ -282,6 +289,9 @@ class Proxy:
             if shaped is not None:
                 raw = shaped
                 exchange.model = self.shaping.model or exchange.model
+        elif route.strip_target_thinking:
+            parsed = body if endpoint is Endpoint.MESSAGES else None
+            raw = self.passthrough_shaping.shape(raw, parsed) or raw
         exchange.request_body = raw  # as the upstream gets it
         if route.shadow:
             self.shadow.send(scope, exchange, body)
@@ -297,6 +307,8 @@ class Proxy:
         try:
             assert self.session is not None, "the client session opens at start-up"
             headers = upstream.request_headers(scope["headers"], identity=exchange.is_messages)
+            if route.upstream == "target":
+                headers = self.shaping.shape_headers(headers)
             sink = EstimatingSink(send, rid, body) if route.estimate else ClientSink(send, rid)
             await self._relay_until_client_leaves(receive, exchange, upstream, headers, raw, sink)
         finally:

@@ -81,7 +81,9 @@ class Shadow:
             self._observers.on_start(shadow)
             shadow.request_body = self._shaping.shape(body, sampling=True) or shadow.request_body
             raw = shadow.request_body
-            headers = target.request_headers(client_headers, identity=True)
+            headers = self._shaping.shape_headers(
+                target.request_headers(client_headers, identity=True)
+            )
             watchers = self._observers.watchers(shadow)
             await relay(session, target, shadow, headers, raw, Sink(), self._observers, watchers)
         except asyncio.CancelledError:

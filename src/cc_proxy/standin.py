@@ -30,7 +30,8 @@ def sse_event(event: dict[str, Any]) -> bytes:
 def message_events(message: dict[str, Any], *, pieces: int | None = None) -> list[bytes]:
     """The Anthropic SSE events that stream `message` (a complete Messages answer).
 
-    Text is split into word deltas (or `pieces` deltas); tool input into one JSON delta.
+    Text is split into word deltas (or `pieces` deltas); tool input into one JSON delta;
+    a thinking block into one thinking delta and one signature delta, as Anthropic sends it.
     """
     usage = message["usage"]
     start = {
@@ -55,6 +56,19 @@ def message_events(message: dict[str, Any], *, pieces: int | None = None) -> lis
             )
             for piece in _split(block["text"], pieces):
                 delta = {"type": "text_delta", "text": piece}
+                events.append({"type": "content_block_delta", "index": index, "delta": delta})
+        elif block["type"] == "thinking":
+            events.append(
+                {
+                    "type": "content_block_start",
+                    "index": index,
+                    "content_block": {"type": "thinking", "thinking": "", "signature": ""},
+                }
+            )
+            for delta in (
+                {"type": "thinking_delta", "thinking": block["thinking"]},
+                {"type": "signature_delta", "signature": block["signature"]},
+            ):
                 events.append({"type": "content_block_delta", "index": index, "delta": delta})
         else:
             events.append(
@@ -107,8 +121,9 @@ def _last_user_text(body: dict[str, Any]) -> tuple[str, bool]:
     return "", False
 
 
-def answer(body: dict[str, Any]) -> dict[str, Any]:
-    """The stand-in model's complete answer to a Messages request."""
+def answer(body: dict[str, Any], *, thinking_signature: str | None = None) -> dict[str, Any]:
+    """The stand-in model's complete answer to a Messages request; with a
+    `thinking_signature`, it thinks first, in a block signed with it."""
     text, has_result = _last_user_text(body)
     tools = [t for t in body.get("tools") or [] if isinstance(t, dict) and "name" in t]
     model = body.get("model") if isinstance(body.get("model"), str) else STANDIN_MODEL
@@ -138,6 +153,13 @@ def answer(body: dict[str, Any]) -> dict[str, Any]:
         content = [{"type": "text", "text": f"{reply} You said: {said}"}]
         stop_reason = "end_turn"
         output_tokens = len(content[0]["text"].split())
+    if thinking_signature is not None:
+        thought = {
+            "type": "thinking",
+            "thinking": "Thinking it over.",
+            "signature": thinking_signature,
+        }
+        content = [thought, *content]
     return {
         "id": f"msg_standin_{next(_ids)}",
         "type": "message",

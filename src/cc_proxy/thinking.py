@@ -1,0 +1,176 @@
+"""The signatures of the thinking blocks the target produced, remembered in memory.
+
+Anthropic rejects a thinking block signed by another model ("Invalid `signature` in
+`thinking` block"), and Claude Code keeps every block in the history it resends, so after
+a switch from `target` to `compare` or `anthropic-only` every later turn would fail. The
+gateway watches the target's answers that reach the client, remembers the signatures of
+their thinking blocks (bounded, least recently seen forgotten first) and takes exactly
+those blocks out of passthrough-bound requests (`shaping.PassthroughShaping`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from cc_proxy.exchange import Exchange, Observer, Role
+
+# Whole non-streaming answers larger than this are not searched for thinking blocks.
+MAX_SEARCHED_JSON_BYTES = 16 * 1024 * 1024
+
+
+class ThinkingSignatures:
+    """A bounded set of signatures, least recently used forgotten first.
+
+    Digests are kept, not the signatures: a signature may be kilobytes long.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._digests: OrderedDict[bytes, None] = OrderedDict()
+
+    @staticmethod
+    def _digest(signature: str) -> bytes:
+        return hashlib.blake2b(signature.encode(), digest_size=16).digest()
+
+    def remember(self, signature: str) -> None:
+        if self.capacity <= 0:
+            return
+        digest = self._digest(signature)
+        self._digests[digest] = None
+        self._digests.move_to_end(digest)
+        while len(self._digests) > self.capacity:
+            self._digests.popitem(last=False)
+
+    def knows(self, signature: str) -> bool:
+        digest = self._digest(signature)
+        if digest not in self._digests:
+            return False
+        self._digests.move_to_end(digest)
+        return True
+
+    def __len__(self) -> int:
+        return len(self._digests)
+
+
+def _event_data(block: bytes) -> bytes:
+    for line in block.split(b"\n"):
+        if line.startswith(b"data:"):
+            return line[5:].lstrip(b" ")
+    return b""
+
+
+class _StreamReader:
+    """Follows the thinking blocks of one SSE answer. A block's signature is the sum of
+    its `signature_delta`s; a thinking block that got none (some self-hosted servers sign
+    nothing) is remembered with the empty signature, which Anthropic rejects just the same.
+    """
+
+    __slots__ = ("_pending", "_signatures")
+
+    def __init__(self, signatures: ThinkingSignatures) -> None:
+        self._signatures = signatures
+        self._pending: dict[Any, str] = {}  # content block index -> signature so far
+
+    def feed(self, region: bytes) -> None:
+        # Most answers have no thinking at all: one scan of the region says so.
+        if not self._pending and b"thinking" not in region:
+            return
+        if b"\r" in region:
+            region = region.replace(b"\r\n", b"\n")
+        for block in region.split(b"\n\n"):
+            # a signature_delta event does not say "thinking", nor does the block's stop
+            if b"thinking" in block or b"signature_delta" in block or b"_stop" in block:
+                self._event(block)
+
+    def _event(self, block: bytes) -> None:
+        try:
+            event = orjson.loads(_event_data(block))
+        except orjson.JSONDecodeError:
+            return
+        if not isinstance(event, dict):
+            return
+        kind = event.get("type")
+        index = event.get("index")
+        if kind == "content_block_start":
+            started = event.get("content_block")
+            if isinstance(started, dict) and started.get("type") == "thinking":
+                signature = started.get("signature")
+                self._pending[index] = signature if isinstance(signature, str) else ""
+        elif kind == "content_block_delta" and index in self._pending:
+            delta = event.get("delta")
+            if isinstance(delta, dict) and delta.get("type") == "signature_delta":
+                signature = delta.get("signature")
+                self._pending[index] += signature if isinstance(signature, str) else ""
+        elif kind == "content_block_stop" and index in self._pending:
+            self._signatures.remember(self._pending.pop(index))
+
+
+def signatures_in_message(answer: Any) -> list[str]:
+    """The signatures of the thinking blocks of a whole Messages answer."""
+    content = answer.get("content") if isinstance(answer, dict) else None
+    found = []
+    for block in content if isinstance(content, list) else ():
+        if isinstance(block, dict) and block.get("type") == "thinking":
+            signature = block.get("signature")
+            found.append(signature if isinstance(signature, str) else "")
+    return found
+
+
+class _JsonReader:
+    __slots__ = ("_data", "_signatures")
+
+    def __init__(self, signatures: ThinkingSignatures) -> None:
+        self._signatures = signatures
+        self._data: bytearray | None = bytearray()
+
+    def feed(self, chunk: bytes) -> None:
+        if self._data is None:
+            return
+        self._data += chunk
+        if len(self._data) > MAX_SEARCHED_JSON_BYTES:
+            self._data = None
+
+    def finish(self) -> None:
+        if self._data is None or b'"thinking"' not in self._data:
+            return
+        try:
+            answer = orjson.loads(self._data)
+        except orjson.JSONDecodeError:
+            return
+        for signature in signatures_in_message(answer):
+            self._signatures.remember(signature)
+
+
+class TargetThinking(Observer):
+    """Remembers the thinking signatures of the target's answers that reach the client.
+
+    Shadow answers are not watched: the client never sees them, so they never come back.
+    """
+
+    def __init__(self, signatures: ThinkingSignatures) -> None:
+        self.signatures = signatures
+        self._json: dict[int, _JsonReader] = {}
+
+    def body_watcher(self, exchange: Exchange) -> Callable[[bytes], None] | None:
+        if (
+            self.signatures.capacity <= 0
+            or exchange.role is not Role.PRIMARY
+            or exchange.upstream != "target"
+            or not exchange.is_messages
+        ):
+            return None
+        if exchange.stream:
+            return _StreamReader(self.signatures).feed
+        reader = _JsonReader(self.signatures)
+        self._json[id(exchange)] = reader
+        return reader.feed
+
+    def on_end(self, exchange: Exchange) -> None:
+        reader = self._json.pop(id(exchange), None)
+        if reader is not None:
+            reader.finish()
