@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
+import subprocess
 import threading
 import time
 from collections import deque
@@ -27,6 +29,10 @@ from cc_proxy.server import bind, url_of, uvicorn_server
 from cc_proxy.standin import answer, message_events
 
 FIXTURES = Path(__file__).parent / "fixtures" / "claude-code-2.1.197"
+ROOT = Path(__file__).resolve().parent.parent
+# Installed by .ci/install-claude-code, which pins the version the fixtures come from.
+CLAUDE_CODE_VERSION = "2.1.197"
+CLAUDE_CODE = ROOT / ".ci" / "node" / "node_modules" / ".bin" / "claude"
 T = TypeVar("T")
 
 
@@ -181,12 +187,27 @@ class Reply:
 
     @classmethod
     def model(cls, *, delay: float = 0.0) -> Reply:
-        """Answer like the stand-in model, streaming when the request asks to."""
+        """Answer like the stand-in model, streaming when the request asks to; thinking
+        first, in a block signed by the upstream, when it `signs_thinking`."""
 
         async def respond(request: web.Request, up: ScriptedUpstream) -> web.StreamResponse:
             body = orjson.loads(await request.read())
-            message = answer(body)
-            if body.get("stream") is True:
+            signature = None
+            if up.signs_thinking is not None:
+                signature = f"{up.signs_thinking}-{len(up.answers) + 1}"
+            message = answer(body, thinking_signature=signature)
+            return await cls.message(message, delay=delay).respond(request, up)
+
+        return cls(respond)
+
+    @classmethod
+    def message(cls, message: dict[str, Any], *, delay: float = 0.0) -> Reply:
+        """Answer with `message`, streamed when the request asks for a stream; recorded in
+        the upstream's `answers`."""
+
+        async def respond(request: web.Request, up: ScriptedUpstream) -> web.StreamResponse:
+            up.answers.append(message)
+            if orjson.loads(await request.read()).get("stream") is True:
                 return await cls.sse(message_events(message), delay=delay).respond(request, up)
             return await cls.json(message).respond(request, up)
 
@@ -197,7 +218,9 @@ class Reply:
 class ScriptedUpstream:
     """A stand-in upstream that records every request and answers from a script.
 
-    With the script empty it answers like the stand-in model.
+    With the script empty it answers like the stand-in model. With `signs_thinking` it
+    thinks in blocks it signs, and, as Anthropic does, rejects any request that carries a
+    thinking block signed by anyone else.
     """
 
     name: str
@@ -207,6 +230,9 @@ class ScriptedUpstream:
     aborted: list[float] = field(default_factory=list)
     completed: int = 0
     runner: web.AppRunner | None = None
+    answers: list[dict[str, Any]] = field(default_factory=list)  # by Reply.message
+    signs_thinking: str | None = None
+    script_for: str | None = None  # when set, only requests to this path are scripted
 
     def queue(self, *replies: Reply) -> None:
         self.script.extend(replies)
@@ -222,13 +248,34 @@ class ScriptedUpstream:
                 body,
             )
         )
-        if self.script:
+        foreign = self._foreign_thinking(body)
+        if foreign is not None:
+            reply = Reply.json(
+                {"type": "error", "error": {"type": "invalid_request_error", "message": foreign}},
+                400,
+            )
+        elif self.script and self.script_for in (None, request.path):
             reply = self.script.popleft()
         elif request.method == "POST" and request.path == "/v1/messages":
             reply = Reply.model()
         else:
             reply = Reply.json({"type": "error", "error": {"type": "not_found_error"}}, 404)
         return await reply.respond(request, self)
+
+    def _foreign_thinking(self, body: bytes) -> str | None:
+        """Anthropic's complaint about the first thinking block this upstream did not sign."""
+        if self.signs_thinking is None or b"thinking" not in body:
+            return None
+        for m, message in enumerate(orjson.loads(body).get("messages") or []):
+            content = message.get("content")
+            for c, block in enumerate(content if isinstance(content, list) else []):
+                kind = block.get("type")
+                signature = str(block.get("signature", ""))
+                if kind == "redacted_thinking" or (
+                    kind == "thinking" and not signature.startswith(self.signs_thinking + "-")
+                ):
+                    return f"messages.{m}.content.{c}: Invalid `signature` in `{kind}` block"
+        return None
 
     async def start(self) -> None:
         app = web.Application(client_max_size=256 * 1024 * 1024)
@@ -300,3 +347,82 @@ def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
             return True
         time.sleep(0.005)
     return condition()
+
+
+def install_claude_code() -> str | None:
+    """Make sure the pinned Claude Code CLI is in `.ci/node`; None when it is, else why not."""
+    if not CLAUDE_CODE.exists():
+        try:
+            done = subprocess.run(
+                [str(ROOT / ".ci" / "install-claude-code")],
+                capture_output=True,
+                text=True,
+                timeout=600,
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return f"npm could not install @anthropic-ai/claude-code: {exc}"
+        if done.returncode != 0:
+            tail = " ".join((done.stderr or done.stdout).split()[-60:])
+            return f"npm could not install @anthropic-ai/claude-code: {tail}"
+    try:
+        version = subprocess.run(
+            [str(CLAUDE_CODE), "--version"], capture_output=True, text=True, timeout=60, check=True
+        ).stdout
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"the installed Claude Code CLI does not run: {exc}"
+    if not version.startswith(CLAUDE_CODE_VERSION + " "):
+        return f"expected Claude Code {CLAUDE_CODE_VERSION} in .ci/node, found {version.strip()!r}"
+    return None
+
+
+@dataclass
+class ClaudeRun:
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @property
+    def result(self) -> dict[str, Any]:
+        """The `--output-format json` result."""
+        parsed: dict[str, Any] = json.loads(self.stdout.strip().splitlines()[-1])
+        return parsed
+
+
+class ClaudeCode:
+    """The real Claude Code CLI, offline, with a HOME and config dir of its own, so that
+    nothing leaks in from the machine or from one test to the next; runs of one instance
+    share them, as the runs of one user do (`--continue` resumes the last session)."""
+
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self.work = home / "work"
+        self.work.mkdir(parents=True, exist_ok=True)
+
+    def run(self, base_url: str, prompt: str, *args: str, timeout: float = 120) -> ClaudeRun:
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": str(self.home),
+            "CLAUDE_CONFIG_DIR": str(self.home / ".claude"),
+            "TMPDIR": str(self.home),
+            "ANTHROPIC_BASE_URL": base_url,
+            "ANTHROPIC_API_KEY": CLAUDE_CODE_KEY,
+            "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+            "DISABLE_AUTOUPDATER": "1",
+        }
+        command = [str(CLAUDE_CODE), "-p", prompt, "--output-format", "json", *args]
+        done = subprocess.run(
+            command,
+            env=env,
+            cwd=self.work,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            stdin=subprocess.DEVNULL,
+        )
+        return ClaudeRun(done.returncode, done.stdout, done.stderr)
+
+
+# The key Claude Code is given: it must reach the passthrough and never the target.
+CLAUDE_CODE_KEY = "sk-ant-claude-code-secret-0004"

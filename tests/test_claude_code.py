@@ -1,0 +1,269 @@
+"""Claude Code itself as the client: the real CLI (npm, pinned in .ci/install-claude-code)
+runs `claude -p` through cc-proxy against stand-in upstreams that answer like a model: a
+Bash `tool_use` first, then text once the `tool_result` is back.
+
+These tests skip only when npm cannot install the CLI, and then say so with a warning.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from cc_proxy.errors import ErrorType, sse_error_event
+from cc_proxy.standin import answer, message_events
+from conftest import GatewayFactory
+from harness import (
+    CLAUDE_CODE_KEY,
+    ClaudeCode,
+    ClaudeRun,
+    Reply,
+    RunningGateway,
+    ScriptedUpstream,
+    Seen,
+    install_claude_code,
+    wait_until,
+)
+
+pytestmark = pytest.mark.slow
+
+MAIN_MODEL = "claude-sonnet-4-5"
+BASH = ("--allowedTools", "Bash")
+
+
+@pytest.fixture(scope="module")
+def claude_code_installed() -> None:
+    problem = install_claude_code()
+    if problem is not None:
+        warnings.warn(f"Claude Code tests SKIPPED: {problem}", stacklevel=1)
+        pytest.skip(f"Claude Code tests skipped: {problem}")
+
+
+@pytest.fixture
+def claude(claude_code_installed: None, tmp_path: Path) -> ClaudeCode:
+    return ClaudeCode(tmp_path / "home")
+
+
+@pytest.fixture(autouse=True)
+def script_only_messages(target: ScriptedUpstream, passthrough: ScriptedUpstream) -> None:
+    # Claude Code also sends `HEAD /` at start: the scripted answers are for the model.
+    target.script_for = passthrough.script_for = "/v1/messages"
+
+
+def run(claude: ClaudeCode, gateway: RunningGateway, prompt: str, *args: str) -> ClaudeRun:
+    return claude.run(gateway.url, prompt, "--model", MAIN_MODEL, *args)
+
+
+def succeeded(done: ClaudeRun) -> dict[str, Any]:
+    assert done.returncode == 0, (done.stdout, done.stderr)
+    result = done.result
+    assert result["is_error"] is False, result
+    return result
+
+
+def messages_seen(upstream: ScriptedUpstream) -> list[Seen]:
+    return [s for s in upstream.seen if s.method == "POST" and s.path == "/v1/messages"]
+
+
+def tool_results(seen: Seen) -> list[dict[str, Any]]:
+    content = seen.json()["messages"][-1]["content"]
+    return [b for b in content if isinstance(b, dict) and b.get("type") == "tool_result"]
+
+
+def result_text(result: dict[str, Any]) -> str:
+    content = result["content"]
+    if isinstance(content, str):
+        return content
+    return " ".join(str(block.get("text", "")) for block in content)
+
+
+def expected_stats(answers: list[dict[str, Any]]) -> dict[str, int]:
+    """The four counters as the answers the client got add up."""
+    return {
+        "input_tokens": sum(a["usage"]["input_tokens"] for a in answers),
+        "output_tokens": sum(a["usage"]["output_tokens"] for a in answers),
+        "tool_calls": sum(1 for a in answers for b in a["content"] if b["type"] == "tool_use"),
+    }
+
+
+def counted(gateway: RunningGateway) -> dict[str, int]:
+    stats = gateway.stats
+    return {k: stats[k] for k in ("input_tokens", "output_tokens", "tool_calls")}
+
+
+def set_mode(gateway: RunningGateway, mode: str) -> None:
+    with httpx.Client(timeout=30) as http:
+        http.put(gateway.url + "/api/mode", json={"mode": mode}).raise_for_status()
+
+
+class TestTargetMode:
+    def test_a_bash_tool_round_trip_completes_on_the_target(
+        self,
+        claude: ClaudeCode,
+        start_gateway: GatewayFactory,
+        target: ScriptedUpstream,
+        passthrough: ScriptedUpstream,
+    ) -> None:
+        gateway = start_gateway()
+        result = succeeded(run(claude, gateway, "say hello with echo", *BASH))
+        assert result["num_turns"] == 2
+        assert result["result"].startswith("The command ran")
+        first, second = messages_seen(target)
+        # Bash really ran: its output came back in the second request
+        assert "hello from the stand-in" in result_text(tool_results(second)[0])
+        assert {s.json()["model"] for s in (first, second)} == {"glm-5"}
+        assert passthrough.seen == []
+
+    def test_stats_equal_what_the_target_sent(
+        self, claude: ClaudeCode, start_gateway: GatewayFactory, target: ScriptedUpstream
+    ) -> None:
+        gateway = start_gateway()
+        succeeded(run(claude, gateway, "say hello with echo", *BASH))
+        assert wait_until(lambda: gateway.stats["total_requests"] == 2)
+        assert len(target.answers) == 2
+        assert counted(gateway) == expected_stats(target.answers)
+        assert gateway.stats["errors"] == 0
+
+    def test_a_subagent_call_runs_on_the_target_with_the_model_rewritten(
+        self,
+        claude: ClaudeCode,
+        start_gateway: GatewayFactory,
+        target: ScriptedUpstream,
+        passthrough: ScriptedUpstream,
+    ) -> None:
+        gateway = start_gateway()
+        delegate = answer({"messages": [{"role": "user", "content": "delegate"}]})
+        delegate["content"] = [
+            {
+                "type": "tool_use",
+                "id": "toolu_delegate_1",
+                "name": "Agent",
+                "input": {
+                    "description": "Run echo",
+                    "prompt": "Run echo with Bash and report what it printed.",
+                    "subagent_type": "Explore",
+                },
+            }
+        ]
+        delegate["stop_reason"] = "tool_use"
+        target.queue(Reply.message(delegate))
+        result = succeeded(run(claude, gateway, "delegate an echo to an agent", *BASH))
+        seen = messages_seen(target)
+        by_subagent = [s for s in seen if "x-claude-code-agent-id" in s.headers]
+        by_main = [s for s in seen if "x-claude-code-agent-id" not in s.headers]
+        assert len(by_main) == 2
+        assert len(by_subagent) == 2  # the subagent's Bash round trip
+        assert "hello from the stand-in" in result_text(tool_results(by_subagent[1])[0])
+        assert tool_results(by_main[1])[0]["tool_use_id"] == "toolu_delegate_1"
+        assert {s.json()["model"] for s in seen} == {"glm-5"}
+        assert result["result"].startswith("The command ran")
+        assert passthrough.seen == []
+        assert wait_until(lambda: gateway.stats["total_requests"] == len(seen))
+        assert counted(gateway) == expected_stats(target.answers)
+
+
+def test_compare_mode_answers_from_the_passthrough_and_shadows_to_the_target(
+    claude: ClaudeCode,
+    start_gateway: GatewayFactory,
+    target: ScriptedUpstream,
+    passthrough: ScriptedUpstream,
+) -> None:
+    gateway = start_gateway(default_mode="compare")
+    shadow_answer = answer({"messages": [{"role": "user", "content": "from the target"}]})
+    target.queue(Reply.message(shadow_answer), Reply.message(shadow_answer))
+    result = succeeded(run(claude, gateway, "say hello with echo", *BASH))
+    assert result["result"].startswith("The command ran")  # the passthrough's answer
+    assert "from the target" not in result["result"]
+    assert wait_until(lambda: len(target.answers) == 2 and gateway.stats["shadow"]["requests"] == 2)
+    at_passthrough = messages_seen(passthrough)
+    assert {s.json()["model"] for s in at_passthrough} == {MAIN_MODEL}
+    assert {s.headers["x-api-key"] for s in at_passthrough} == {CLAUDE_CODE_KEY}
+    shadows = messages_seen(target)
+    assert {s.json()["model"] for s in shadows} == {"glm-5"}
+    for shadow in shadows:
+        assert "x-api-key" not in shadow.headers
+        assert "authorization" not in shadow.headers
+        assert CLAUDE_CODE_KEY.encode() not in shadow.body
+    assert counted(gateway) == expected_stats(passthrough.answers)
+
+
+def test_anthropic_only_mode_sends_everything_to_the_passthrough(
+    claude: ClaudeCode,
+    start_gateway: GatewayFactory,
+    target: ScriptedUpstream,
+    passthrough: ScriptedUpstream,
+) -> None:
+    gateway = start_gateway(default_mode="anthropic-only", allow_anthropic_only=True)
+    result = succeeded(run(claude, gateway, "say hello with echo", *BASH))
+    assert result["num_turns"] == 2
+    assert len(messages_seen(passthrough)) == 2
+    assert {s.json()["model"] for s in messages_seen(passthrough)} == {MAIN_MODEL}
+    assert target.seen == []
+    assert counted(gateway) == expected_stats(passthrough.answers)
+
+
+class TestFaultsSeenThroughClaudeCode:
+    def test_a_529_once_is_retried_and_the_run_succeeds(
+        self, claude: ClaudeCode, start_gateway: GatewayFactory, target: ScriptedUpstream
+    ) -> None:
+        gateway = start_gateway()
+        overloaded = {"type": "error", "error": {"type": "overloaded_error", "message": "busy"}}
+        target.queue(Reply.json(overloaded, status=529))
+        result = succeeded(run(claude, gateway, "say hello with echo", *BASH))
+        assert result["result"].startswith("The command ran")
+        assert len(messages_seen(target)) == 3
+        assert wait_until(lambda: gateway.stats["total_requests"] == 3)
+        assert gateway.stats["errors"] == 1
+        assert counted(gateway) == expected_stats(target.answers)
+
+    def test_a_400_ends_the_run_with_the_error_shown(
+        self, claude: ClaudeCode, start_gateway: GatewayFactory, target: ScriptedUpstream
+    ) -> None:
+        gateway = start_gateway()
+        message = "max_tokens: 99999999 > 32000, the maximum for this model"
+        rejected = {"type": "error", "error": {"type": "invalid_request_error", "message": message}}
+        target.queue(Reply.json(rejected, status=400))
+        done = run(claude, gateway, "say hello with echo", *BASH)
+        assert done.returncode != 0
+        assert done.result["is_error"] is True
+        assert message in done.stdout
+        assert len(messages_seen(target)) == 1  # a 400 is not retried
+        assert wait_until(lambda: gateway.stats["total_requests"] == 1)
+        assert gateway.stats["errors"] == 1
+        assert counted(gateway) == {"input_tokens": 0, "output_tokens": 0, "tool_calls": 0}
+
+    @pytest.mark.parametrize("how", ["upstream error event", "upstream connection lost"])
+    def test_a_mid_stream_error_is_retried_without_streaming_and_the_run_succeeds(
+        self,
+        claude: ClaudeCode,
+        start_gateway: GatewayFactory,
+        target: ScriptedUpstream,
+        how: str,
+    ) -> None:
+        gateway = start_gateway()
+        cut = answer({"messages": [{"role": "user", "content": "cut short"}]})
+        # message_start, ping and a content_block_start reach the client, then the stream
+        # fails: with the upstream's own `event: error`, or with the gateway's when the
+        # upstream connection drops.
+        events = message_events(cut)[:3]
+        if how == "upstream error event":
+            error = sse_error_event(ErrorType.OVERLOADED, "Overloaded")
+            target.queue(Reply.sse([*events, error]))
+        else:
+            target.queue(Reply.sse(events, then="close"))
+        result = succeeded(run(claude, gateway, "say hello with echo", *BASH))
+        assert result["result"].startswith("The command ran")
+        first, retry, *_ = messages_seen(target)
+        assert first.json()["stream"] is True
+        assert "stream" not in retry.json()
+        assert wait_until(lambda: gateway.stats["total_requests"] == 3)
+        delivered = expected_stats(target.answers)
+        # the cut answer delivered its message_start: its input tokens and 1 output token
+        delivered["input_tokens"] += cut["usage"]["input_tokens"]
+        delivered["output_tokens"] += 1
+        assert counted(gateway) == delivered
+        assert gateway.stats["errors"] == 1
