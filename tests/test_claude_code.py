@@ -267,3 +267,111 @@ class TestFaultsSeenThroughClaudeCode:
         delivered["output_tokens"] += 1
         assert counted(gateway) == delivered
         assert gateway.stats["errors"] == 1
+
+
+def thinking_signatures(seen: list[Seen]) -> set[str]:
+    return {
+        str(block.get("signature"))
+        for s in seen
+        for message in s.json()["messages"]
+        if isinstance(message["content"], list)
+        for block in message["content"]
+        if block.get("type") == "thinking"
+    }
+
+
+class TestThinkingAcrossAModeSwitch:
+    """Both stand-ins think in blocks they sign and reject blocks signed by another, as
+    Anthropic does.
+
+    Claude Code 2.1.197 itself drops the thinking blocks of an answer whose `model` is not
+    the one it asks for, so with `--model` rewriting they never come back. They do when the
+    target answers under the client's model name (no `--model`; a server that serves
+    Claude model names as aliases), which is the case these tests set up.
+    """
+
+    def start(
+        self,
+        start_gateway: GatewayFactory,
+        target: ScriptedUpstream,
+        passthrough: ScriptedUpstream,
+        mode: str,
+        **target_settings: Any,
+    ) -> RunningGateway:
+        target.signs_thinking = "target"
+        passthrough.signs_thinking = "anthropic"
+        return start_gateway(
+            default_mode=mode,
+            allow_anthropic_only=True,
+            target={"model": None, **target_settings},
+        )
+
+    def test_a_session_moved_from_target_to_anthropic_only_keeps_working(
+        self,
+        claude: ClaudeCode,
+        start_gateway: GatewayFactory,
+        target: ScriptedUpstream,
+        passthrough: ScriptedUpstream,
+    ) -> None:
+        gateway = self.start(start_gateway, target, passthrough, "target")
+        succeeded(run(claude, gateway, "say hello with echo", *BASH))
+        set_mode(gateway, "anthropic-only")
+        result = succeeded(run(claude, gateway, "once more", "--continue", *BASH))
+        assert result["result"].startswith("The command ran")
+        at_passthrough = messages_seen(passthrough)
+        assert len(at_passthrough) == 2  # no turn was rejected and sent again
+        assert not any(s.startswith("target-") for s in thinking_signatures(at_passthrough))
+        # the passthrough's own thinking from the first turn of this run still goes back
+        assert thinking_signatures(at_passthrough[1:]) == {"anthropic-1"}
+        assert gateway.stats["errors"] == 0
+
+    def test_without_the_memory_every_turn_after_the_switch_is_rejected_once(
+        self,
+        claude: ClaudeCode,
+        start_gateway: GatewayFactory,
+        target: ScriptedUpstream,
+        passthrough: ScriptedUpstream,
+    ) -> None:
+        """Claude Code 2.1.197 answers "Invalid `signature`" by sending the turn again with
+        all thinking taken out, Anthropic's own included: every turn costs a rejected
+        round trip, and the passthrough's thinking is lost."""
+        gateway = self.start(start_gateway, target, passthrough, "target", thinking_signatures=0)
+        succeeded(run(claude, gateway, "say hello with echo", *BASH))
+        set_mode(gateway, "anthropic-only")
+        succeeded(run(claude, gateway, "once more", "--continue", *BASH))
+        rejected, resent, rejected_again, resent_again = messages_seen(passthrough)
+        assert {"target-1", "target-2"} <= thinking_signatures([rejected])
+        assert "anthropic-1" in thinking_signatures([rejected_again])
+        assert thinking_signatures([resent, resent_again]) == set()
+        assert wait_until(lambda: gateway.stats["errors"] == 2)
+
+    def test_a_session_moved_from_anthropic_only_to_a_target_that_rejects_its_blocks(
+        self,
+        claude: ClaudeCode,
+        start_gateway: GatewayFactory,
+        target: ScriptedUpstream,
+        passthrough: ScriptedUpstream,
+    ) -> None:
+        gateway = self.start(
+            start_gateway, target, passthrough, "anthropic-only", drop_foreign_thinking=True
+        )
+        succeeded(run(claude, gateway, "say hello with echo", *BASH))
+        set_mode(gateway, "target")
+        result = succeeded(run(claude, gateway, "once more", "--continue", *BASH))
+        assert result["result"].startswith("The command ran")
+        at_target = messages_seen(target)
+        assert not any(s.startswith("anthropic-") for s in thinking_signatures(at_target))
+        assert thinking_signatures(at_target[1:]) == {"target-1"}
+        assert len(at_target) == 2  # no turn was rejected and sent again
+
+
+def test_with_the_model_rewritten_claude_code_drops_the_targets_thinking_itself(
+    claude: ClaudeCode, start_gateway: GatewayFactory, target: ScriptedUpstream
+) -> None:
+    """The client behaviour the thinking memory relies on (see the class above)."""
+    target.signs_thinking = "target"
+    gateway = start_gateway()
+    succeeded(run(claude, gateway, "say hello with echo", *BASH))
+    _, second = messages_seen(target)
+    assert target.answers[0]["content"][0]["type"] == "thinking"
+    assert thinking_signatures([second]) == set()

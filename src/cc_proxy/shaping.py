@@ -138,7 +138,9 @@ class TargetShaping:
             drop_betas=frozenset(target.drop_betas),
             drop_fields=frozenset(target.drop_fields),
             foreign_thinking=(
-                (signatures or ThinkingSignatures(0)) if target.drop_foreign_thinking else None
+                (ThinkingSignatures(0) if signatures is None else signatures)
+                if target.drop_foreign_thinking
+                else None
             ),
         )
 
