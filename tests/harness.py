@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import httpx
 import orjson
 from aiohttp import web
 from multidict import CIMultiDict
@@ -334,6 +335,11 @@ class RunningGateway:
     @property
     def stats(self) -> dict[str, Any]:
         return self.gateway.stats.snapshot()
+
+    def switch_mode(self, mode: str) -> None:
+        """`PUT /api/mode`, as an operator would."""
+        with httpx.Client(timeout=30) as http:
+            http.put(self.url + "/api/mode", json={"mode": mode}).raise_for_status()
 
     def stop(self) -> None:
         self.server.should_exit = True

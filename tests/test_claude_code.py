@@ -11,7 +11,6 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from cc_proxy.errors import ErrorType, sse_error_event
@@ -95,11 +94,6 @@ def counted(gateway: RunningGateway) -> dict[str, int]:
     return {k: stats[k] for k in ("input_tokens", "output_tokens", "tool_calls")}
 
 
-def set_mode(gateway: RunningGateway, mode: str) -> None:
-    with httpx.Client(timeout=30) as http:
-        http.put(gateway.url + "/api/mode", json={"mode": mode}).raise_for_status()
-
-
 class TestTargetMode:
     def test_a_bash_tool_round_trip_completes_on_the_target(
         self,
@@ -164,6 +158,27 @@ class TestTargetMode:
         assert passthrough.seen == []
         assert wait_until(lambda: gateway.stats["total_requests"] == len(seen))
         assert counted(gateway) == expected_stats(target.answers)
+
+
+@pytest.mark.parametrize("strip", [True, False], ids=["stripped", "kept"])
+def test_two_sessions_reach_the_target_with_one_prompt_prefix_only_when_stripped(
+    claude: ClaudeCode, start_gateway: GatewayFactory, target: ScriptedUpstream, strip: bool
+) -> None:
+    """Claude Code's billing block depends on the session's first prompt: two sessions
+    in one project send the same ~30k-token system prompt and tools behind different
+    billing blocks, so a prefix cache can reuse none of it unless the block is gone."""
+    gateway = start_gateway(target={"strip_billing_header": strip})
+    succeeded(run(claude, gateway, "say hi"))
+    succeeded(run(claude, gateway, "say hello"))
+    openings = [s.json() for s in messages_seen(target) if len(s.json()["messages"]) <= 2]
+    first, second = openings  # each session's first request
+    assert first["tools"] == second["tools"]
+    assert first["messages"] != second["messages"]
+    if strip:
+        assert first["system"] == second["system"]
+    else:
+        assert first["system"][0] != second["system"][0]
+        assert first["system"][1:] == second["system"][1:]
 
 
 def test_compare_mode_answers_from_the_passthrough_and_shadows_to_the_target(
@@ -315,7 +330,7 @@ class TestThinkingAcrossAModeSwitch:
     ) -> None:
         gateway = self.start(start_gateway, target, passthrough, "target")
         succeeded(run(claude, gateway, "say hello with echo", *BASH))
-        set_mode(gateway, "anthropic-only")
+        gateway.switch_mode("anthropic-only")
         result = succeeded(run(claude, gateway, "once more", "--continue", *BASH))
         assert result["result"].startswith("The command ran")
         at_passthrough = messages_seen(passthrough)
@@ -337,7 +352,7 @@ class TestThinkingAcrossAModeSwitch:
         round trip, and the passthrough's thinking is lost."""
         gateway = self.start(start_gateway, target, passthrough, "target", thinking_signatures=0)
         succeeded(run(claude, gateway, "say hello with echo", *BASH))
-        set_mode(gateway, "anthropic-only")
+        gateway.switch_mode("anthropic-only")
         succeeded(run(claude, gateway, "once more", "--continue", *BASH))
         rejected, resent, rejected_again, resent_again = messages_seen(passthrough)
         assert {"target-1", "target-2"} <= thinking_signatures([rejected])
@@ -356,7 +371,7 @@ class TestThinkingAcrossAModeSwitch:
             start_gateway, target, passthrough, "anthropic-only", drop_foreign_thinking=True
         )
         succeeded(run(claude, gateway, "say hello with echo", *BASH))
-        set_mode(gateway, "target")
+        gateway.switch_mode("target")
         result = succeeded(run(claude, gateway, "once more", "--continue", *BASH))
         assert result["result"].startswith("The command ran")
         at_target = messages_seen(target)
