@@ -526,3 +526,36 @@ def test_mode_needing_target_without_url_refuses_to_start_saying_how_to_give_it(
 def test_mode_needing_target_starts_with_url(monkeypatch: pytest.MonkeyPatch, mode: str) -> None:
     monkeypatch.setenv("CC_DEFAULT_MODE", mode)
     check_startup(load_settings(None, {"target": {"url": "http://gpu.test:8000"}}))
+
+
+class TestTargetShapingKeys:
+    def test_defaults_strip_the_billing_block_and_nothing_else(self) -> None:
+        target = load_settings().target
+        assert target.strip_billing_header is True
+        assert target.fold_system_messages is False
+        assert (target.drop_betas, target.drop_fields) == ((), ())
+        assert target.thinking_signatures == 4096
+        assert target.drop_foreign_thinking is False
+
+    def test_every_rule_is_set_in_the_file(self, tmp_path: Path) -> None:
+        path = write(
+            tmp_path / "c.toml",
+            "[target]\nstrip_billing_header = false\nfold_system_messages = true\n"
+            'drop_betas = ["b1", "b2"]\ndrop_fields = ["output_config"]\n'
+            "thinking_signatures = 0\ndrop_foreign_thinking = true\n",
+        )
+        target = load_settings(str(path)).target
+        assert target.strip_billing_header is False
+        assert target.fold_system_messages is True
+        assert (target.drop_betas, target.drop_fields) == (("b1", "b2"), ("output_config",))
+        assert target.thinking_signatures == 0
+        assert target.drop_foreign_thinking is True
+
+    def test_lists_come_from_the_environment_as_json(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("CC_TARGET__DROP_FIELDS", '["context_management"]')
+        target = load_settings().target
+        assert target.drop_fields == ("context_management",)
+
+    def test_a_negative_memory_size_names_the_key(self, tmp_path: Path) -> None:
+        path = write(tmp_path / "c.toml", "[target]\nthinking_signatures = -1\n")
+        assert "target.thinking_signatures" in config_error(str(path))
