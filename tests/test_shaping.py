@@ -225,6 +225,22 @@ class TestThinkingSignatures:
             orjson.dumps({"model": "m", "max_tokens": 9, "stream": stream, "messages": [ask]}),
         )
 
+    def switched_after_target_thinking(
+        self,
+        start_gateway: GatewayFactory,
+        target: ScriptedUpstream,
+        mode: str,
+        *,
+        stream: bool = True,
+    ) -> RunningGateway:
+        """A gateway whose target has answered once, thinking in a block signed `target-1`,
+        now switched to `mode`."""
+        target.signs_thinking = "target"
+        gateway = start_gateway(allow_anthropic_only=True)
+        self.ask_the_target(gateway, stream=stream)
+        gateway.switch_mode(mode)
+        return gateway
+
     @pytest.mark.parametrize("stream", [True, False], ids=["streamed", "whole"])
     def test_blocks_the_target_signed_are_taken_out_of_passthrough_bound_requests(
         self,
@@ -233,10 +249,9 @@ class TestThinkingSignatures:
         passthrough: ScriptedUpstream,
         stream: bool,
     ) -> None:
-        target.signs_thinking = "target"
-        gateway = start_gateway(allow_anthropic_only=True)
-        self.ask_the_target(gateway, stream=stream)
-        gateway.switch_mode("anthropic-only")
+        gateway = self.switched_after_target_thinking(
+            start_gateway, target, "anthropic-only", stream=stream
+        )
         own = thought("anthropic-sig")
         send(gateway, orjson.dumps(history(thought("target-1"), own, TEXT)))
         assert passthrough.seen[0].json()["messages"][1]["content"] == [own, TEXT]
@@ -244,11 +259,8 @@ class TestThinkingSignatures:
     def test_bodies_without_a_known_target_block_keep_their_original_bytes(
         self, start_gateway: GatewayFactory, target: ScriptedUpstream, passthrough: ScriptedUpstream
     ) -> None:
-        target.signs_thinking = "target"
-        gateway = start_gateway(allow_anthropic_only=True)
-        self.ask_the_target(gateway, stream=True)
+        gateway = self.switched_after_target_thinking(start_gateway, target, "anthropic-only")
         assert len(gateway.gateway.proxy.passthrough_shaping.target_thinking) == 1
-        gateway.switch_mode("anthropic-only")
         # spacing no serializer would produce: any re-encoding would show
         odd = json.dumps(history(thought("anthropic-sig"), TEXT), indent=3).encode()
         send(gateway, odd)
@@ -257,10 +269,7 @@ class TestThinkingSignatures:
     def test_count_tokens_to_the_passthrough_loses_them_too(
         self, start_gateway: GatewayFactory, target: ScriptedUpstream, passthrough: ScriptedUpstream
     ) -> None:
-        target.signs_thinking = "target"
-        gateway = start_gateway(allow_anthropic_only=True)
-        self.ask_the_target(gateway, stream=True)
-        gateway.switch_mode("compare")
+        gateway = self.switched_after_target_thinking(start_gateway, target, "compare")
         passthrough.queue(Reply.json({"input_tokens": 5}))
         send(gateway, orjson.dumps(history(thought("target-1"), TEXT)), "/v1/messages/count_tokens")
         assert passthrough.seen[0].json()["messages"][1]["content"] == [TEXT]
@@ -268,10 +277,7 @@ class TestThinkingSignatures:
     def test_an_assistant_turn_left_empty_goes_too(
         self, start_gateway: GatewayFactory, target: ScriptedUpstream, passthrough: ScriptedUpstream
     ) -> None:
-        target.signs_thinking = "target"
-        gateway = start_gateway(allow_anthropic_only=True)
-        self.ask_the_target(gateway, stream=True)
-        gateway.switch_mode("anthropic-only")
+        gateway = self.switched_after_target_thinking(start_gateway, target, "anthropic-only")
         send(gateway, orjson.dumps(history(thought("target-1"))))
         assert [m["content"] for m in passthrough.seen[0].json()["messages"]] == ["first", "second"]
 
