@@ -11,6 +11,7 @@ those blocks out of passthrough-bound requests (`shaping.PassthroughShaping`).
 from __future__ import annotations
 
 import hashlib
+import re
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
@@ -18,6 +19,9 @@ from typing import Any
 import orjson
 
 from cc_proxy.exchange import Exchange, Observer, Role
+
+_WANTED = re.compile(rb'"thinking"|signature_delta|content_block_stop')
+_DELTAS = re.compile(rb"thinking_delta|text_delta|input_json_delta")
 
 # Whole non-streaming answers larger than this are not searched for thinking blocks.
 MAX_SEARCHED_JSON_BYTES = 16 * 1024 * 1024
@@ -83,8 +87,9 @@ class _StreamReader:
         if b"\r" in region:
             region = region.replace(b"\r\n", b"\n")
         for block in region.split(b"\n\n"):
-            # a signature_delta event does not say "thinking", nor does the block's stop
-            if b"thinking" in block or b"signature_delta" in block or b"_stop" in block:
+            # Only the starts of thinking blocks, their signatures and their stops are
+            # decoded; the many thinking, text and tool-input deltas never are.
+            if _WANTED.search(block) and not _DELTAS.search(block):
                 self._event(block)
 
     def _event(self, block: bytes) -> None:
