@@ -7,12 +7,16 @@ ports, cc-proxy is the real uvicorn server, and the tests talk to it over socket
 from __future__ import annotations
 
 import asyncio
+import atexit
 import json
 import os
+import shutil
 import socket
 import subprocess
+import tempfile
 import threading
 import time
+import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
@@ -292,6 +296,17 @@ class ScriptedUpstream:
             await self.runner.cleanup()
 
 
+_scratch: list[Path] = []
+
+
+def scratch_dir() -> Path:
+    """One temporary directory for the whole test run, removed at its end."""
+    if not _scratch:
+        _scratch.append(Path(tempfile.mkdtemp(prefix="cc-proxy-tests-")))
+        atexit.register(shutil.rmtree, _scratch[0], ignore_errors=True)
+    return _scratch[0]
+
+
 def settings_for(
     target: ScriptedUpstream | None,
     passthrough: ScriptedUpstream | None,
@@ -303,6 +318,8 @@ def settings_for(
         "server": {"listen_address": "127.0.0.1:0", "shutdown_grace_secs": 1},
         "target": {"url": target.url if target else None, "model": "glm-5"},
         "passthrough": {"url": passthrough.url if passthrough else "http://127.0.0.1:9"},
+        # each gateway its own compare database, never one in the working directory
+        "compare": {"db_path": str(scratch_dir() / f"compare-{uuid.uuid4().hex}.db")},
     }
     for key, value in sections.items():
         if isinstance(value, dict):

@@ -470,7 +470,7 @@ def test_shadow_starting_after_its_request_ended_is_a_root_span_with_the_request
 
 
 def test_a_streamed_answer_is_reassembled_into_the_message_it_carried() -> None:
-    from cc_proxy.otel import reassemble_message
+    from cc_proxy.answers import reassemble_message
 
     message = tool_call_message()
 

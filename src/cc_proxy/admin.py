@@ -1,4 +1,5 @@
-"""The gateway's own endpoints: `/health`, `/api/stats`, `/api/mode`, `/api/tracing`.
+"""The gateway's own endpoints: `/health`, `/api/stats`, `/api/mode`, `/api/tracing`,
+and the compare records (`/api/compare`, `/api/compare/{id}`, `/api/compare/report`).
 
 Changes (`PUT`) need `Authorization: Bearer <admin token>` when CC_SERVER__ADMIN_TOKEN is
 set; reading stays open. Every error is Anthropic-shaped, like the proxied paths'.
@@ -6,6 +7,7 @@ set; reading stays open. Every error is Anthropic-shaped, like the proxied paths
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -21,6 +23,8 @@ from starlette.routing import Route
 from cc_proxy.config import redact_url
 from cc_proxy.errors import ErrorType, error_body
 from cc_proxy.modes import Mode, ModeRefused
+from cc_proxy.records import MAX_PAGE, BadCursor
+from cc_proxy.report import parse_since, report_of
 
 if TYPE_CHECKING:
     from cc_proxy.app import Gateway
@@ -37,6 +41,28 @@ _ERROR_TYPES = {
 ChangeT = TypeVar("ChangeT", bound=BaseModel)
 # Admin bodies are a few bytes; nothing larger is read.
 MAX_ADMIN_BODY = 4096
+DEFAULT_PAGE = 50
+_BOOLEANS = {"true": True, "1": True, "false": False, "0": False}
+
+
+class BadQuery(ValueError):
+    """A query parameter the endpoint cannot use; its message names it."""
+
+
+def _limit(text: str | None) -> int:
+    if text is None:
+        return DEFAULT_PAGE
+    if not text.isdigit() or not 1 <= int(text) <= MAX_PAGE:
+        raise BadQuery(f"limit must be a whole number from 1 to {MAX_PAGE}, not {text!r}")
+    return int(text)
+
+
+def _flag(name: str, text: str | None) -> bool:
+    if text is None:
+        return False
+    if text.lower() not in _BOOLEANS:
+        raise BadQuery(f"{name} must be true or false, not {text!r}")
+    return _BOOLEANS[text.lower()]
 
 
 class JSONResponse(Response):
@@ -140,6 +166,38 @@ def build_admin(gateway: Gateway) -> Starlette:
             gateway.tracing.enabled = change.enabled
         return JSONResponse({"enabled": gateway.tracing.enabled})
 
+    store = gateway.records.store
+
+    async def compare_list(request: Request) -> Response:
+        query = request.query_params
+        try:
+            page = await asyncio.to_thread(
+                store.page,
+                session=query.get("session"),
+                model=query.get("model"),
+                only_disagreements=_flag("disagreements", query.get("disagreements")),
+                limit=_limit(query.get("limit")),
+                cursor=query.get("cursor"),
+            )
+        except (BadQuery, BadCursor) as exc:
+            return error_response(400, str(exc))
+        return JSONResponse({"records": page.records, "next_cursor": page.next_cursor})
+
+    async def compare_record(request: Request) -> Response:
+        record_id = request.path_params["record_id"]
+        record = await asyncio.to_thread(store.get, record_id)
+        if record is None:
+            return error_response(404, f"no compare record with id {record_id!r}")
+        return JSONResponse(record)
+
+    async def compare_report(request: Request) -> Response:
+        text = request.query_params.get("since")
+        try:
+            since = None if text is None else parse_since(text)
+        except ValueError as exc:
+            return error_response(400, str(exc))
+        return JSONResponse(await asyncio.to_thread(report_of, store, since))
+
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         messages = {404: f"no such endpoint: {request.url.path}", 405: "method not allowed"}
@@ -157,6 +215,9 @@ def build_admin(gateway: Gateway) -> Starlette:
             Route("/api/stats", stats, methods=["GET"]),
             Route("/api/mode", mode, methods=["GET", "PUT"]),
             Route("/api/tracing", tracing, methods=["GET", "PUT"]),
+            Route("/api/compare", compare_list, methods=["GET"]),
+            Route("/api/compare/report", compare_report, methods=["GET"]),
+            Route("/api/compare/{record_id}", compare_record, methods=["GET"]),
         ],
         exception_handlers=handlers,
     )

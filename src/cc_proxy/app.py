@@ -19,6 +19,7 @@ from cc_proxy.exchange import Observers
 from cc_proxy.logs import AccessLog, ContentLog
 from cc_proxy.modes import Mode, ModeSwitch
 from cc_proxy.proxy import REQUEST_ID_HEADER, ContentTracing, Proxy
+from cc_proxy.records import CompareRecorder
 from cc_proxy.shadow import Shadow
 from cc_proxy.shaping import PassthroughShaping, TargetShaping
 from cc_proxy.stats import Stats
@@ -89,7 +90,8 @@ class Gateway:
         self.upstreams = build_upstreams(settings)
         self.tracing = ContentTracing(settings.tracing.enabled)
         self.stats = Stats()
-        self.observers = Observers([self.stats, AccessLog(), ContentLog()])
+        self.records = CompareRecorder(settings.compare)
+        self.observers = Observers([self.stats, AccessLog(), ContentLog(), self.records])
         self.otel: OtlpTracing | None = None
         if settings.tracing.otlp_endpoint is not None:
             # imported here: the OpenTelemetry SDK and gRPC load only when they are used
@@ -150,6 +152,8 @@ class Gateway:
         await self.shadow.drain(self.settings.server.shutdown_grace_secs)
         if self.proxy.session is not None:
             await self.proxy.session.close()
+        # Every shadow has ended: the last compare records are whole and get written.
+        await asyncio.to_thread(self.records.close)
         if self.otel is not None:
             # Flushing the last spans may wait on the collector: not on the event loop.
             await asyncio.to_thread(self.otel.shutdown)

@@ -1,4 +1,5 @@
-"""`cc-proxy`: the gateway (default), `cc-proxy demo`, and `cc-proxy standin`."""
+"""`cc-proxy`: the gateway (default), `cc-proxy demo`, `cc-proxy standin`, and
+`cc-proxy compare-report`."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import contextlib
 import sys
 from typing import Any
 
+import orjson
 import uvloop
 
 from cc_proxy.config import (
@@ -18,6 +20,8 @@ from cc_proxy.config import (
     parse_listen_address,
 )
 from cc_proxy.demo import run_demo
+from cc_proxy.records import RecordStore
+from cc_proxy.report import parse_since, render_table, report_of
 from cc_proxy.server import configure_logging, serve
 from cc_proxy.standin import start_standin
 
@@ -26,6 +30,8 @@ commands:
   (none)    run the gateway
   demo      run the gateway on its embedded stand-in target and send it a streamed request
   standin   run only the stand-in target (a small Messages API server)
+  compare-report
+            how the target's answers compare with the passthrough's (compare mode's records)
 
 Configuration: defaults < TOML file < CC_* environment (CC_SERVER__LISTEN_ADDRESS,
 CC_TARGET__API_KEY, ...) < these flags. See cc-proxy.toml for every key.
@@ -60,6 +66,13 @@ def _parser() -> argparse.ArgumentParser:
     standin.add_argument(
         "--event-delay", type=float, default=0.0, help="seconds between streamed events"
     )
+    report = commands.add_parser(
+        "compare-report", help="agreement, errors and speed of the compare records"
+    )
+    report.add_argument(
+        "--since", help="only records since: a duration (30m, 24h, 7d) or an ISO 8601 time"
+    )
+    report.add_argument("--format", choices=("table", "json"), default="table")
     return parser
 
 
@@ -89,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
             return _standin(args.listen, args.event_delay)
         if args.command == "demo":
             return _demo(args)
+        if args.command == "compare-report":
+            return _compare_report(args)
         settings = _settings(args)
         configure_logging(settings.tracing.log_level)
         return serve(settings)
@@ -110,6 +125,21 @@ def _demo(args: argparse.Namespace) -> int:
     # Ctrl-C ends the demo: uvicorn drains, then hands the signal on to the runner.
     with contextlib.suppress(KeyboardInterrupt):
         return uvloop.run(run_demo(settings_for, once=args.once))
+    return 0
+
+
+def _compare_report(args: argparse.Namespace) -> int:
+    # The database path is all it needs: no target URL, unlike the gateway.
+    settings = load_settings(args.config, _cli_values(args))
+    try:
+        since = None if args.since is None else parse_since(args.since)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    report = report_of(RecordStore(settings.compare.db_path), since)
+    if args.format == "json":
+        print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
+    else:
+        print(render_table(report))
     return 0
 
 

@@ -155,6 +155,17 @@ class TracingSettings(_Section):
     enabled: bool = False
 
 
+class CompareSettings(_Section):
+    # Compare records (SQLite); a relative path is taken from the working directory.
+    db_path: str = Field(default="cc-proxy-compare.db", min_length=1)
+    max_records: int = Field(default=100_000, gt=0)
+    max_age_days: float = Field(default=30.0, gt=0)
+    # Each side's text is kept up to this many bytes (UTF-8).
+    max_text_bytes: int = Field(default=16 * 1024, ge=0)
+    # How long a finished record may wait before it is written with others in one batch.
+    batch_secs: float = Field(default=1.0, gt=0)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
@@ -169,6 +180,7 @@ class Settings(BaseSettings):
     target: TargetSettings = TargetSettings()
     passthrough: PassthroughSettings = PassthroughSettings()
     tracing: TracingSettings = TracingSettings()
+    compare: CompareSettings = CompareSettings()
 
 
 class ConfigError(Exception):

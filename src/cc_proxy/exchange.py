@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 from cc_proxy.modes import Mode
 
@@ -63,6 +64,10 @@ class Exchange:
     model: str | None = None  # as sent upstream, after any rewrite
     stream: bool = False
     request_body: bytes = b""
+    # The Messages body as sent upstream, already parsed by the proxy (None elsewhere):
+    # observers read it instead of parsing the bytes again.
+    request: Mapping[str, Any] | None = None
+    session_id: str | None = None  # Claude Code's X-Claude-Code-Session-Id
     started: float = field(default_factory=time.perf_counter)
     first_byte: float | None = None
     finished: float | None = None
@@ -88,6 +93,18 @@ class Exchange:
             or (self.status or 0) >= 400
             or self.usage.error_type is not None
         )
+
+    @property
+    def error_kind(self) -> str | None:
+        """None when the exchange succeeded; else the Anthropic error type the answer gave,
+        or how the exchange failed (`timeout`, `unreachable`, …), or the HTTP status."""
+        if not self.failed:
+            return None
+        if self.usage.error_type:
+            return self.usage.error_type
+        if self.outcome is not None and self.outcome is not Outcome.COMPLETE:
+            return self.outcome.value
+        return str(self.status)
 
 
 class AnswerCopy:

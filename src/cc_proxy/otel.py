@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -26,17 +26,39 @@ from urllib.parse import urlsplit
 import orjson
 from opentelemetry import trace
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, SpanLimits, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
+from cc_proxy.answers import answer_message, message_text
 from cc_proxy.config import TracingSettings, redact_url
-from cc_proxy.exchange import AnswerCopy, Exchange, Observer, Outcome, Role, shown
+from cc_proxy.exchange import AnswerCopy, Exchange, Observer, Role, shown
 
 log = logging.getLogger("cc_proxy.otel")
 
 # Each of the request body and the answer is recorded up to this size.
 MAX_SPAN_CONTENT = 32 * 1024
+# Input messages: the system prompt and the last this many turns, each up to this size.
+# A long Claude Code session has hundreds of turns; the latest are the ones that matter.
+MAX_SPAN_MESSAGES = 32
+MAX_SPAN_MESSAGE = 8 * 1024
+# Tool definitions recorded as OpenInference `llm.tools.*` (Claude Code offers ~25).
+MAX_SPAN_TOOLS = 64
+# The SDK keeps 128 attributes per span by default: too few for the messages and tools.
+MAX_SPAN_ATTRIBUTES = 1024
+# Request fields that are invocation parameters (OpenInference `llm.invocation_parameters`);
+# `metadata` is left out: it carries a device and account id.
+INVOCATION_PARAMETERS = (
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "stop_sequences",
+    "stream",
+    "thinking",
+    "tool_choice",
+    "service_tier",
+)
 # A streamed answer is collected up to this size and put back together as one message:
 # its SSE framing is many times the size of the text it carries.
 MAX_COLLECTED_ANSWER = 256 * 1024
@@ -180,6 +202,7 @@ class OtlpTracing(Observer):
         self._provider = TracerProvider(
             resource=Resource.create({SERVICE_NAME: settings.service_name}),
             shutdown_on_exit=False,  # `shutdown` is called by the gateway, bounded
+            span_limits=SpanLimits(max_span_attributes=MAX_SPAN_ATTRIBUTES),
         )
         self._provider.add_span_processor(
             BatchSpanProcessor(self._exporter, schedule_delay_millis=schedule_delay_millis)
@@ -230,10 +253,13 @@ class OtlpTracing(Observer):
                     "input.mime_type": "application/json",
                 }
             )
+            if exchange.request is not None:
+                span.set_attributes(_input_attributes(exchange.request))
             if opened.answer is not None:
                 span.set_attributes(_output_attributes(exchange, opened))
-        if exchange.failed:
-            span.set_status(Status(StatusCode.ERROR, exchange.detail or _error_type(exchange)))
+        error = exchange.error_kind
+        if error is not None:
+            span.set_status(Status(StatusCode.ERROR, exchange.detail or error))
         finished = exchange.finished if exchange.finished is not None else time.perf_counter()
         span.end(end_time=self._ns(finished))
 
@@ -261,6 +287,8 @@ def _start_attributes(exchange: Exchange) -> dict[str, Any]:
         "http.request.method": exchange.method,
         "url.path": exchange.path,
     }
+    if exchange.session_id is not None:
+        attributes["session.id"] = exchange.session_id  # Phoenix groups a session's calls
     if exchange.is_messages:
         attributes["openinference.span.kind"] = "LLM"
         attributes["llm.provider"] = PROVIDERS.get(exchange.upstream, exchange.upstream)
@@ -282,10 +310,12 @@ def _end_attributes(exchange: Exchange) -> dict[str, Any]:
         attributes["cc_proxy.total_duration_ms"] = exchange.duration_ms
     if exchange.upstream_request_id:
         attributes["cc_proxy.upstream_request_id"] = exchange.upstream_request_id
-    if exchange.failed:
-        attributes["error.type"] = _error_type(exchange)
+    if exchange.error_kind is not None:
+        attributes["error.type"] = exchange.error_kind
     if not exchange.is_messages:
         return attributes
+    if exchange.request is not None:
+        attributes.update(_request_attributes(exchange.request))
 
     attributes["cc_proxy.stream"] = exchange.stream
     if exchange.model is not None:
@@ -320,97 +350,102 @@ def _end_attributes(exchange: Exchange) -> dict[str, Any]:
     return attributes
 
 
+def _request_attributes(request: Mapping[str, Any]) -> dict[str, Any]:
+    """What the request asked for, without its content: kept with content tracing off."""
+    parameters = {key: request[key] for key in INVOCATION_PARAMETERS if key in request}
+    attributes: dict[str, Any] = {"llm.invocation_parameters": orjson.dumps(parameters).decode()}
+    names = [str(tool.get("name")) for tool in _tools(request)]
+    if names:
+        attributes["cc_proxy.tools"] = names
+    return attributes
+
+
+def _tools(request: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    tools = request.get("tools")
+    if not isinstance(tools, list):
+        return []
+    return [tool for tool in tools if isinstance(tool, Mapping)]
+
+
+def _input_attributes(request: Mapping[str, Any]) -> dict[str, Any]:
+    """OpenInference input messages and tool definitions (content: traced only when on)."""
+    attributes: dict[str, Any] = {}
+    for index, tool in enumerate(_tools(request)[:MAX_SPAN_TOOLS]):
+        attributes[f"llm.tools.{index}.tool.json_schema"] = shown(
+            orjson.dumps(tool), MAX_SPAN_MESSAGE
+        )
+    turns: list[tuple[str, Any]] = []
+    system = request.get("system")
+    if system:
+        turns.append(("system", system))
+    messages = request.get("messages")
+    if isinstance(messages, list):
+        kept = messages[-MAX_SPAN_MESSAGES:]
+        if len(kept) < len(messages):
+            attributes["cc_proxy.input_messages_omitted"] = len(messages) - len(kept)
+        turns.extend(
+            (str(message.get("role")), message.get("content"))
+            for message in kept
+            if isinstance(message, Mapping)
+        )
+    for index, (role, content) in enumerate(turns):
+        prefix = f"llm.input_messages.{index}.message"
+        attributes[f"{prefix}.role"] = role
+        attributes[f"{prefix}.content"] = shown(_content_text(content).encode(), MAX_SPAN_MESSAGE)
+        calls = [block for block in _content_blocks(content) if block.get("type") == "tool_use"]
+        attributes.update(_tool_call_attributes(prefix, calls))
+    return attributes
+
+
+def _content_blocks(content: Any) -> list[Mapping[str, Any]]:
+    if not isinstance(content, list):
+        return []
+    return [block for block in content if isinstance(block, Mapping)]
+
+
+def _content_text(content: Any) -> str:
+    """A turn's text as a person reads it: text blocks, and what tool results returned."""
+    if isinstance(content, str):
+        return content
+    parts: list[str] = []
+    for block in _content_blocks(content):
+        if isinstance(block.get("text"), str):
+            parts.append(block["text"])
+        elif block.get("type") == "tool_result":
+            parts.append(_content_text(block.get("content")))
+    return "\n".join(part for part in parts if part)
+
+
+def _tool_call_attributes(prefix: str, calls: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    attributes: dict[str, Any] = {}
+    for index, call in enumerate(calls):
+        at = f"{prefix}.tool_calls.{index}.tool_call"
+        attributes[f"{at}.function.name"] = str(call.get("name"))
+        arguments = orjson.dumps(call.get("input"))
+        attributes[f"{at}.function.arguments"] = shown(arguments, MAX_SPAN_MESSAGE)
+        if isinstance(call.get("id"), str):
+            attributes[f"{at}.id"] = call["id"]
+    return attributes
+
+
 def _output_attributes(exchange: Exchange, opened: _Open) -> dict[str, Any]:
-    """The answer as Phoenix shows it best: the whole message as JSON, and its text."""
+    """The answer as Phoenix shows it best: the whole message as JSON, its text and its
+    tool calls."""
     assert opened.answer is not None
     raw = bytes(opened.answer.data)
-    message = reassemble_message(raw) if exchange.stream else _json_object(raw)
+    message = answer_message(raw, stream=exchange.stream)
     if message is None:  # not a Messages answer (or cut short): recorded as it came
         return {
             "output.value": shown(raw, MAX_SPAN_CONTENT, opened.answer.size),
             "output.mime_type": "text/plain",
         }
-    text = "".join(
-        block["text"]
-        for block in message.get("content") or ()
-        if isinstance(block, dict) and isinstance(block.get("text"), str)
-    )
-    as_json = orjson.dumps(message)
-    as_text = text.encode()
+    prefix = "llm.output_messages.0.message"
+    content = _content_blocks(message.get("content"))
+    calls = [block for block in content if block.get("type") == "tool_use"]
     return {
-        "output.value": shown(as_json, MAX_SPAN_CONTENT),
+        "output.value": shown(orjson.dumps(message), MAX_SPAN_CONTENT),
         "output.mime_type": "application/json",
-        "llm.output_messages.0.message.role": str(message.get("role") or "assistant"),
-        "llm.output_messages.0.message.content": shown(as_text, MAX_SPAN_CONTENT),
+        f"{prefix}.role": str(message.get("role") or "assistant"),
+        f"{prefix}.content": shown(message_text(message).encode(), MAX_SPAN_CONTENT),
+        **_tool_call_attributes(prefix, calls),
     }
-
-
-def _json_object(raw: bytes) -> dict[str, Any] | None:
-    try:
-        value = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return None
-    return value if isinstance(value, dict) else None
-
-
-def reassemble_message(sse: bytes) -> dict[str, Any] | None:
-    """The Messages answer an SSE stream carried, as the non-streaming API would give it.
-
-    None when the stream has no `message_start`. Only for traced content: this decodes
-    every event, which the relay itself never does.
-    """
-    message: dict[str, Any] | None = None
-    blocks: dict[int, dict[str, Any]] = {}
-    tool_inputs: dict[int, list[str]] = {}
-    for event in sse.replace(b"\r\n", b"\n").split(b"\n\n"):
-        data = b"".join(
-            line[5:].lstrip() for line in event.split(b"\n") if line.startswith(b"data:")
-        )
-        payload = _json_object(data) if data else None
-        if payload is None:
-            continue
-        kind = payload.get("type")
-        if kind == "message_start" and isinstance(payload.get("message"), dict):
-            message = dict(payload["message"])
-        elif kind == "content_block_start" and isinstance(payload.get("content_block"), dict):
-            blocks[_index(payload)] = dict(payload["content_block"])
-        elif kind == "content_block_delta" and isinstance(payload.get("delta"), dict):
-            block = blocks.setdefault(_index(payload), {})
-            delta = payload["delta"]
-            for key in ("text", "thinking", "signature"):
-                if isinstance(delta.get(key), str):
-                    block[key] = str(block.get(key, "")) + delta[key]
-            if isinstance(delta.get("partial_json"), str):
-                tool_inputs.setdefault(_index(payload), []).append(delta["partial_json"])
-        elif kind == "message_delta" and message is not None:
-            if isinstance(payload.get("delta"), dict):
-                message.update(payload["delta"])
-            usage = message.get("usage")
-            if isinstance(payload.get("usage"), dict):
-                message["usage"] = {
-                    **(usage if isinstance(usage, dict) else {}),
-                    **payload["usage"],
-                }
-    if message is None:
-        return None
-    for index, parts in tool_inputs.items():
-        try:
-            blocks[index]["input"] = orjson.loads("".join(parts) or "{}")
-        except orjson.JSONDecodeError:
-            blocks[index]["input"] = "".join(parts)
-    message["content"] = [blocks[index] for index in sorted(blocks)]
-    return message
-
-
-def _index(payload: dict[str, Any]) -> int:
-    index = payload.get("index")
-    return index if isinstance(index, int) else 0
-
-
-def _error_type(exchange: Exchange) -> str:
-    """The Anthropic error type when the answer gave one, else how the exchange failed."""
-    if exchange.usage.error_type:
-        return exchange.usage.error_type
-    if exchange.outcome is not None and exchange.outcome is not Outcome.COMPLETE:
-        return exchange.outcome.value
-    return str(exchange.status)

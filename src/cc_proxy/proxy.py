@@ -27,6 +27,8 @@ from cc_proxy.shaping import PassthroughShaping, TargetShaping
 from cc_proxy.upstream import Upstream, response_headers
 
 REQUEST_ID_HEADER = b"x-cc-proxy-request-id"
+# Claude Code names its session in every request (X-Claude-Code-Session-Id).
+SESSION_HEADER = b"x-claude-code-session-id"
 
 
 class Endpoint(StrEnum):
@@ -164,11 +166,18 @@ async def send_json(
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
-def _content_length(scope: Scope) -> int | None:
+def _header(scope: Scope, wanted: bytes) -> bytes | None:
     for name, value in scope["headers"]:
-        if name == b"content-length":
-            return int(value) if value.isdigit() else None
+        if name == wanted:
+            return bytes(value)
     return None
+
+
+def _content_length(scope: Scope) -> int | None:
+    value = _header(scope, b"content-length")
+    if value is None:
+        return None
+    return int(value) if value.isdigit() else None
 
 
 async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
@@ -284,10 +293,14 @@ class Proxy:
             model = body.get("model")
             exchange.requested_model = exchange.model = model if isinstance(model, str) else None
             exchange.stream = body.get("stream") is True
+            exchange.request = body
+            session = _header(scope, SESSION_HEADER)
+            exchange.session_id = session.decode("latin-1") if session else None
         if route.shape:
-            shaped = self.shaping.shape(body, sampling=endpoint is Endpoint.MESSAGES)
+            shaped = self.shaping.shaped(body, sampling=endpoint is Endpoint.MESSAGES)
             if shaped is not None:
-                raw = shaped
+                raw = orjson.dumps(shaped)
+                exchange.request = shaped
                 exchange.model = self.shaping.model or exchange.model
         elif route.strip_target_thinking:
             parsed = body if endpoint is Endpoint.MESSAGES else None

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 import aiohttp
+import orjson
 from starlette.types import Scope
 
 from cc_proxy.exchange import Exchange, Observers, Outcome, Role
@@ -56,12 +57,17 @@ class Shadow:
             stream=primary.stream,
             trace_content=primary.trace_content,
             request_body=primary.request_body,
+            request=primary.request,
+            session_id=primary.session_id,
         )
+        # Started here, before the primary is relayed: observers see the shadow begin
+        # while its primary is still open (the shadow's span is the primary's child, and
+        # the compare record knows to wait for it).
+        self._observers.on_start(shadow)
         limiter = target.limiter
         if limiter is not None and not limiter.try_acquire():
             shadow.outcome = Outcome.DROPPED
             shadow.detail = "target saturated (target.max_concurrent)"
-            self._observers.on_start(shadow)
             shadow.finished = shadow.started
             self._observers.on_end(shadow)
             return
@@ -78,8 +84,10 @@ class Shadow:
         body: dict[str, Any],
     ) -> None:
         try:
-            self._observers.on_start(shadow)
-            shadow.request_body = self._shaping.shape(body, sampling=True) or shadow.request_body
+            shaped = self._shaping.shaped(body, sampling=True)
+            if shaped is not None:
+                shadow.request = shaped
+                shadow.request_body = orjson.dumps(shaped)
             raw = shadow.request_body
             headers = self._shaping.shape_headers(
                 target.request_headers(client_headers, identity=True)

@@ -146,6 +146,11 @@ class TargetShaping:
 
     def shape(self, body: dict[str, Any], *, sampling: bool) -> bytes | None:
         """The target-bound bytes, or None when nothing needs to change."""
+        shaped = self.shaped(body, sampling=sampling)
+        return None if shaped is None else orjson.dumps(shaped)
+
+    def shaped(self, body: dict[str, Any], *, sampling: bool) -> dict[str, Any] | None:
+        """The target-bound body, or None when nothing needs to change."""
         changes: dict[str, Any] = {}
         if self.model is not None and body.get("model") != self.model:
             changes["model"] = self.model
@@ -171,7 +176,7 @@ class TargetShaping:
         shaped = {**body, **changes}
         for name in dropped:
             del shaped[name]
-        return orjson.dumps(shaped)
+        return shaped
 
     def shape_headers(self, headers: Headers) -> Headers:
         """Target-bound headers: the `drop_betas` taken out of `anthropic-beta`."""
