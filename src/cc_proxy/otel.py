@@ -200,7 +200,13 @@ class OtlpTracing(Observer):
         for name in EXPORTER_LOGGERS:
             logging.getLogger(name).addFilter(self.watch)
         self._provider = TracerProvider(
-            resource=Resource.create({SERVICE_NAME: settings.service_name}),
+            # Phoenix files the spans under a project of the service's name.
+            resource=Resource.create(
+                {
+                    SERVICE_NAME: settings.service_name,
+                    "openinference.project.name": settings.service_name,
+                }
+            ),
             shutdown_on_exit=False,  # `shutdown` is called by the gateway, bounded
             span_limits=SpanLimits(max_span_attributes=MAX_SPAN_ATTRIBUTES),
         )

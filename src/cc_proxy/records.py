@@ -111,8 +111,8 @@ class Pair:
 
     id: str
     time: float  # epoch seconds at the primary's start
-    session_id: str | None
-    requested_model: str | None
+    session_id: str | None = None
+    requested_model: str | None = None
     rewritten_model: str | None = None
     primary: Captured | None = None
     shadow: Captured | None = None
@@ -208,7 +208,7 @@ def summary_of(record: Mapping[str, Any]) -> dict[str, Any]:
 
 def iso_time(time_us: int) -> str:
     moment = datetime.fromtimestamp(time_us / 1_000_000, UTC)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return moment.isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 # --- the database --------------------------------------------------------------------------
@@ -385,7 +385,7 @@ class CompareRecorder(Observer):
         if exchange.mode is not Mode.COMPARE or not exchange.is_messages:
             return
         if exchange.role is Role.PRIMARY:
-            pair = Pair(exchange.id, time.time(), exchange.session_id, exchange.requested_model)
+            pair = Pair(exchange.id, time.time())
             self._pending[exchange.id] = pair
         else:
             found = self._pending.get(exchange.id)
@@ -408,6 +408,9 @@ class CompareRecorder(Observer):
         captured = Captured.of(exchange, pair.copies.pop(exchange.role, None))
         if exchange.role is Role.PRIMARY:
             pair.primary = captured
+            # known once the body is read, after the exchange started
+            pair.session_id = exchange.session_id
+            pair.requested_model = exchange.requested_model
         else:
             pair.shadow = captured
         if not pair.complete:
