@@ -187,8 +187,9 @@ def render_table(report: Mapping[str, Any]) -> str:
     for found in worst:
         primary = _choice(found["primary"])
         shadow = _choice(found["shadow"])
+        moment = found["time"][:19] + "Z"  # to the second: enough to find it in a log
         lines.append(
-            f"  {found['id']}  {found['time']}  {', '.join(found['on']):<34}"
+            f"  {found['id']}  {moment}  {', '.join(found['on']):<34}"
             f"passthrough {primary} | target {shadow}"
         )
     return "\n".join(lines)
