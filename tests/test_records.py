@@ -8,6 +8,8 @@ or to be saturated; the records are read back over the admin API.
 
 from __future__ import annotations
 
+import json
+import signal
 import sqlite3
 import time
 from pathlib import Path
@@ -21,6 +23,7 @@ from cc_proxy.records import RecordStore
 from cc_proxy.standin import message_events
 from conftest import CLIENT_KEY, GatewayFactory
 from harness import Reply, RunningGateway, ScriptedUpstream, wait_until
+from test_process import GatewayProcess, gateway_env, run_to_end
 
 SESSION = "0f8fad5b-d9cb-469f-a165-70867728950e"
 ASK: dict[str, Any] = {
@@ -69,10 +72,13 @@ def streamed(answer: dict[str, Any], **options: Any) -> Reply:
     return Reply.sse(message_events(answer), **options)
 
 
-def ask(gateway: RunningGateway, body: dict[str, Any] | None = None, session: str = SESSION) -> str:
+def ask(
+    gateway: RunningGateway | str, body: dict[str, Any] | None = None, session: str = SESSION
+) -> str:
     """Send one request in the session; the correlation id of its answer."""
+    url = gateway if isinstance(gateway, str) else gateway.url
     response = httpx.post(
-        f"{gateway.url}/v1/messages",
+        f"{url}/v1/messages",
         content=orjson.dumps(body or ASK),
         headers={
             "x-api-key": CLIENT_KEY,
@@ -448,3 +454,27 @@ def test_records_still_queued_are_written_when_the_gateway_stops(
     gateway.stop()
 
     assert [r["id"] for r in RecordStore(path).page().records] == ids[::-1]
+
+
+def test_records_survive_a_sigterm(
+    tmp_path: Path, target: ScriptedUpstream, passthrough: ScriptedUpstream
+) -> None:
+    env = gateway_env(
+        CC_SERVER__LISTEN_ADDRESS="127.0.0.1:0",
+        CC_DEFAULT_MODE="compare",
+        CC_PASSTHROUGH__URL=passthrough.url,
+        CC_COMPARE__BATCH_SECS="600",  # only the shutdown can write them
+    )
+    gateway = GatewayProcess(["--target-url", target.url], env, tmp_path)
+    try:
+        url = gateway.local_url()
+        ids = [ask(url) for _ in range(3)]
+        assert gateway.stop(signal.SIGTERM) == 0
+    finally:
+        gateway.kill()
+
+    # the default database is in the working directory, where compare-report finds it
+    written = RecordStore(tmp_path / "cc-proxy-compare.db").page().records
+    assert [record["id"] for record in written] == ids[::-1]
+    done = run_to_end(["compare-report", "--format", "json"], gateway_env(), tmp_path)
+    assert json.loads(done.stdout)["count"] == 3
