@@ -33,7 +33,7 @@ from cc_proxy.exchange import Exchange, Outcome, Role
 from cc_proxy.modes import Mode
 from cc_proxy.standin import message_events
 from conftest import CLIENT_KEY, PASSTHROUGH_KEY, TARGET_KEY, GatewayFactory
-from harness import LoopThread, Reply, RunningGateway, ScriptedUpstream, wait_until
+from harness import LoopThread, Reply, RunningGateway, ScriptedUpstream, load_fixture, wait_until
 
 REQUEST_ID_HEADER = "x-cc-proxy-request-id"
 
@@ -279,6 +279,76 @@ def test_content_is_recorded_only_while_content_tracing_is_on(
     assert "marker-off" not in received.raw.decode("utf-8", "replace")
 
 
+def test_span_records_invocation_parameters_tool_names_and_session_without_content(
+    start_gateway: GatewayFactory,
+    grpc_collector: tuple[str, Received],
+    fast_export: None,
+) -> None:
+    endpoint, received = grpc_collector
+    gateway = start_gateway(tracing={"otlp_endpoint": endpoint}, target={"temperature": 0.3})
+    body = {
+        **messages_body("secret-plan"),
+        "top_k": 5,
+        "metadata": {"user_id": "device-42"},
+        "tools": [
+            {"name": "Bash", "input_schema": {"type": "object"}},
+            {"name": "Read", "input_schema": {"type": "object"}},
+        ],
+    }
+
+    post_messages(gateway, body, headers={"X-Claude-Code-Session-Id": "session-7"})
+
+    (span,) = received.wait_for(1)
+    values = attributes(span.attributes)
+    assert values["session.id"] == "session-7"
+    # as the target got them: the [target] temperature was added; metadata is no parameter
+    assert orjson.loads(values["llm.invocation_parameters"]) == {
+        "max_tokens": 100,
+        "stream": True,
+        "top_k": 5,
+        "temperature": 0.3,
+    }
+    assert [tool.string_value for tool in values["cc_proxy.tools"].values] == ["Bash", "Read"]
+    assert not any(key.startswith(("llm.input_messages", "llm.tools.")) for key in values)
+    raw = received.raw
+    assert b"secret-plan" not in raw
+    assert b"device-42" not in raw
+
+
+def test_content_tracing_records_input_messages_tool_definitions_and_output_tool_calls(
+    traced: tuple[RunningGateway, Received], target: ScriptedUpstream
+) -> None:
+    gateway, received = traced
+    set_content_tracing(gateway, True)
+    target.queue(Reply.sse(message_events(tool_call_message())))
+    path, headers, body = load_fixture("tool_result")  # a real Claude Code turn
+    request = orjson.loads(body)
+
+    assert httpx.post(gateway.url + path, content=body, headers=headers, timeout=30).is_success
+
+    (span,) = received.wait_for(1)
+    values = attributes(span.attributes)
+    assert values["session.id"] == headers["X-Claude-Code-Session-Id"]
+    roles = [values[f"llm.input_messages.{i}.message.role"] for i in range(4)]
+    assert roles == ["system", "user", "assistant", "user"]
+    assert "Claude Agent SDK" in values["llm.input_messages.0.message.content"]
+    # the assistant's earlier tool call, and the tool result that answers it
+    (earlier,) = [b for b in request["messages"][1]["content"] if b["type"] == "tool_use"]
+    call = "llm.input_messages.2.message.tool_calls.0.tool_call"
+    assert values[f"{call}.function.name"] == earlier["name"]
+    assert orjson.loads(values[f"{call}.function.arguments"]) == earlier["input"]
+    assert values["llm.input_messages.3.message.content"] == "captured-tool-ok"
+    tools = [orjson.loads(values[f"llm.tools.{i}.tool.json_schema"]) for i in range(24)]
+    assert [tool["name"] for tool in tools] == [tool["name"] for tool in request["tools"]]
+    # the answer's tool call
+    answer = "llm.output_messages.0.message"
+    assert values[f"{answer}.content"] == "Let me look."
+    assert values[f"{answer}.tool_calls.0.tool_call.function.name"] == "Bash"
+    assert orjson.loads(values[f"{answer}.tool_calls.0.tool_call.function.arguments"]) == {
+        "command": "ls"
+    }
+
+
 def test_recorded_content_is_bounded(
     traced: tuple[RunningGateway, Received], target: ScriptedUpstream
 ) -> None:
@@ -303,6 +373,7 @@ def test_compare_mode_shadow_span_is_a_child_with_the_same_request_id(
 ) -> None:
     endpoint, received = grpc_collector
     gateway = start_gateway(default_mode="compare", tracing={"otlp_endpoint": endpoint})
+    target.queue(Reply.sse(message_events(tool_call_message()), headers={"request-id": "req_t"}))
 
     response = post_messages(gateway, messages_body())
     assert wait_until(lambda: len(target.seen) == 1)
@@ -320,6 +391,16 @@ def test_compare_mode_shadow_span_is_a_child_with_the_same_request_id(
     assert shadow.trace_id == primary.trace_id
     assert shadow.parent_span_id == primary.span_id
     assert shadow.kind == Span.SPAN_KIND_CLIENT
+    # the shadow's span says as much as a primary's: timing, tokens, the upstream's id
+    values = attributes(shadow.attributes)
+    assert values["openinference.span.kind"] == "LLM"
+    assert values["llm.provider"] == "self-hosted"
+    assert values["cc_proxy.upstream_request_id"] == "req_t"
+    assert values["llm.token_count.completion"] == 56
+    assert values["llm.token_count.prompt"] == 1234 + 20 + 100
+    assert values["cc_proxy.stop_reason"] == "tool_use"
+    assert 0 <= values["cc_proxy.ttft_ms"] <= values["cc_proxy.total_duration_ms"]
+    assert orjson.loads(values["llm.invocation_parameters"]) == {"max_tokens": 100, "stream": True}
 
 
 def test_spans_never_contain_api_keys(

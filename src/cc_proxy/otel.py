@@ -293,8 +293,6 @@ def _start_attributes(exchange: Exchange) -> dict[str, Any]:
         "http.request.method": exchange.method,
         "url.path": exchange.path,
     }
-    if exchange.session_id is not None:
-        attributes["session.id"] = exchange.session_id  # Phoenix groups a session's calls
     if exchange.is_messages:
         attributes["openinference.span.kind"] = "LLM"
         attributes["llm.provider"] = PROVIDERS.get(exchange.upstream, exchange.upstream)
@@ -318,6 +316,8 @@ def _end_attributes(exchange: Exchange) -> dict[str, Any]:
         attributes["cc_proxy.upstream_request_id"] = exchange.upstream_request_id
     if exchange.error_kind is not None:
         attributes["error.type"] = exchange.error_kind
+    if exchange.session_id is not None:
+        attributes["session.id"] = exchange.session_id  # Phoenix groups a session's calls
     if not exchange.is_messages:
         return attributes
     if exchange.request is not None:
@@ -377,8 +377,9 @@ def _input_attributes(request: Mapping[str, Any]) -> dict[str, Any]:
     """OpenInference input messages and tool definitions (content: traced only when on)."""
     attributes: dict[str, Any] = {}
     for index, tool in enumerate(_tools(request)[:MAX_SPAN_TOOLS]):
+        # Claude Code's longest tool definition is 21 KB: a message's bound would cut it.
         attributes[f"llm.tools.{index}.tool.json_schema"] = shown(
-            orjson.dumps(tool), MAX_SPAN_MESSAGE
+            orjson.dumps(tool), MAX_SPAN_CONTENT
         )
     turns: list[tuple[str, Any]] = []
     system = request.get("system")
