@@ -33,31 +33,31 @@ def reassemble_message(sse: bytes) -> dict[str, Any] | None:
     """The Messages answer an SSE stream carried, as the non-streaming API would give it.
 
     None when the stream has no `message_start`. A stream cut short gives the message as
-    far as it went; a tool input cut mid-JSON is kept as its text.
+    far as it went; a tool input cut mid-JSON is kept as its text. Deltas are gathered
+    and joined once at the end: a long answer has thousands of them.
     """
     message: dict[str, Any] | None = None
     blocks: dict[int, dict[str, Any]] = {}
-    tool_inputs: dict[int, list[str]] = {}
-    for event in sse.replace(b"\r\n", b"\n").split(b"\n\n"):
-        data = b"".join(
-            line[5:].lstrip() for line in event.split(b"\n") if line.startswith(b"data:")
-        )
-        payload = json_object(data) if data else None
+    deltas: dict[tuple[int, str], list[str]] = {}
+    if b"\r" in sse:
+        sse = sse.replace(b"\r\n", b"\n")
+    for event in sse.split(b"\n\n"):
+        payload = _event_data(event)
         if payload is None:
             continue
         kind = payload.get("type")
-        if kind == "message_start" and isinstance(payload.get("message"), dict):
+        if kind == "content_block_delta":
+            delta = payload.get("delta")
+            if isinstance(delta, dict):
+                index = _index(payload)
+                for key in DELTA_KEYS:
+                    value = delta.get(key)
+                    if isinstance(value, str):
+                        deltas.setdefault((index, key), []).append(value)
+        elif kind == "message_start" and isinstance(payload.get("message"), dict):
             message = dict(payload["message"])
         elif kind == "content_block_start" and isinstance(payload.get("content_block"), dict):
             blocks[_index(payload)] = dict(payload["content_block"])
-        elif kind == "content_block_delta" and isinstance(payload.get("delta"), dict):
-            block = blocks.setdefault(_index(payload), {})
-            delta = payload["delta"]
-            for key in ("text", "thinking", "signature"):
-                if isinstance(delta.get(key), str):
-                    block[key] = str(block.get(key, "")) + delta[key]
-            if isinstance(delta.get("partial_json"), str):
-                tool_inputs.setdefault(_index(payload), []).append(delta["partial_json"])
         elif kind == "message_delta" and message is not None:
             if isinstance(payload.get("delta"), dict):
                 message.update(payload["delta"])
@@ -69,13 +69,37 @@ def reassemble_message(sse: bytes) -> dict[str, Any] | None:
                 }
     if message is None:
         return None
-    for index, parts in tool_inputs.items():
+    for (index, key), parts in deltas.items():
+        block = blocks.setdefault(index, {})
+        if key != "partial_json":
+            block[key] = str(block.get(key, "")) + "".join(parts)
+            continue
         try:
-            blocks[index]["input"] = orjson.loads("".join(parts) or "{}")
+            block["input"] = orjson.loads("".join(parts) or "{}")
         except orjson.JSONDecodeError:
-            blocks[index]["input"] = "".join(parts)
+            block["input"] = "".join(parts)
     message["content"] = [blocks[index] for index in sorted(blocks)]
     return message
+
+
+# What a content_block_delta adds to its block: text, thinking, its signature, tool input.
+DELTA_KEYS = ("text", "thinking", "signature", "partial_json")
+
+
+def _event_data(event: bytes) -> dict[str, Any] | None:
+    """The JSON object in an SSE event's data, or None."""
+    if event.startswith(b"data:"):
+        at = 0
+    else:
+        at = event.find(b"\ndata:") + 1
+        if at == 0:
+            return None
+    data = event[at + 5 :]
+    if b"\n" in data.rstrip(b"\n"):  # more lines after the data line: rare, done slowly
+        data = b"\n".join(
+            line[5:].lstrip() for line in event.split(b"\n") if line.startswith(b"data:")
+        )
+    return json_object(data)
 
 
 def _index(payload: dict[str, Any]) -> int:
