@@ -259,7 +259,7 @@ class OtlpTracing(Observer):
                     "input.mime_type": "application/json",
                 }
             )
-            if exchange.request is not None:
+            if exchange.request is not None and exchange.is_messages:
                 span.set_attributes(_input_attributes(exchange.request))
             if opened.answer is not None:
                 span.set_attributes(_output_attributes(exchange, opened))
