@@ -199,6 +199,16 @@ def test_compare_mode_answers_from_the_passthrough_and_shadows_to_the_target(rig
         assert "authorization" not in shadow.headers
         assert CLAUDE_CODE_KEY.encode() not in shadow.body
     assert counted(gateway) == expected_stats(rig.passthrough.answers)
+    # one compare record per request, in Claude Code's session
+    store = gateway.gateway.records.store
+    assert wait_until(lambda: len(store.page().records) == 2, timeout=15)
+    records = store.page().records
+    sessions = {s.headers["x-claude-code-session-id"] for s in at_passthrough}
+    assert {record["session_id"] for record in records} == sessions
+    assert {record["requested_model"] for record in records} == {MAIN_MODEL}
+    assert {record["rewritten_model"] for record in records} == {"glm-5"}
+    first_turn = records[-1]  # newest first
+    assert first_turn["primary"]["tool_calls"][0]["name"] == "Bash"
 
 
 def test_anthropic_only_mode_sends_everything_to_the_passthrough(rig: Rig) -> None:
