@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import aiohttp
 import httpx
 import orjson
 from aiohttp import web
@@ -282,12 +283,12 @@ class ScriptedUpstream:
                     return f"messages.{m}.content.{c}: Invalid `signature` in `{kind}` block"
         return None
 
-    async def start(self) -> None:
+    async def start(self, port: int = 0) -> None:
         app = web.Application(client_max_size=256 * 1024 * 1024)
         app.router.add_route("*", "/{tail:.*}", self._handle)
         self.runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
         await self.runner.setup()
-        sock = socket.create_server(("127.0.0.1", 0))
+        sock = socket.create_server(("127.0.0.1", port))
         await web.SockSite(self.runner, sock).start()
         self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
 
@@ -331,6 +332,23 @@ def settings_for(
     return Settings(**values)
 
 
+@dataclass(frozen=True)
+class Held:
+    """What a gateway holds at one moment: whatever a request leaves behind shows here."""
+
+    tasks: int  # asyncio tasks on the gateway's loop, the probe itself excluded
+    client_connections: int  # client connections uvicorn has open
+    upstream_busy: int  # upstream connections taken from the pool and not given back
+    # This process's open fds less both ends of each idle pooled upstream connection,
+    # which a keep-alive pool rightly keeps (the upstreams run in this process too).
+    fds: int
+    in_flight: int  # target slots taken (target.max_concurrent)
+
+
+def open_fds(pid: int | str = "self") -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
 class RunningGateway:
     """cc-proxy's real server (uvicorn, httptools) in a thread, on an ephemeral port."""
 
@@ -339,15 +357,20 @@ class RunningGateway:
         self.server = uvicorn_server(self.gateway)
         sock = bind(settings.server.listen_address)
         self.url = url_of(sock)
-        self._thread = threading.Thread(
-            target=self.server.run, kwargs={"sockets": [sock]}, daemon=True
-        )
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._thread = threading.Thread(target=self._serve, args=(sock,), daemon=True)
         self._thread.start()
         deadline = time.monotonic() + 10
         while not self.server.started:
             if time.monotonic() > deadline or not self._thread.is_alive():
                 raise RuntimeError("cc-proxy did not start")
             time.sleep(0.005)
+
+    def _serve(self, sock: socket.socket) -> None:
+        # What `uvicorn.Server.run` does, keeping hold of the loop for `held`.
+        with asyncio.Runner(loop_factory=self.server.config.get_loop_factory()) as runner:
+            self.loop = runner.get_loop()
+            runner.run(self.server.serve(sockets=[sock]))
 
     @property
     def stats(self) -> dict[str, Any]:
@@ -357,6 +380,28 @@ class RunningGateway:
         """`PUT /api/mode`, as an operator would."""
         with httpx.Client(timeout=30) as http:
             http.put(self.url + "/api/mode", json={"mode": mode}).raise_for_status()
+
+    def held(self) -> Held:
+        """What the gateway holds now, read on its own loop."""
+        assert self.loop is not None
+
+        async def probe() -> Held:
+            session = self.gateway.proxy.session
+            assert session is not None
+            connector = session.connector
+            assert isinstance(connector, aiohttp.TCPConnector)
+            idle = sum(len(pooled) for pooled in connector._conns.values())
+            target = self.gateway.upstreams.get("target")
+            limiter = target.limiter if target is not None else None
+            return Held(
+                tasks=len(asyncio.all_tasks()) - 1,
+                client_connections=len(self.server.server_state.connections),
+                upstream_busy=len(connector._acquired),
+                fds=open_fds() - 2 * idle,
+                in_flight=limiter.in_flight if limiter is not None else 0,
+            )
+
+        return asyncio.run_coroutine_threadsafe(probe(), self.loop).result(30)
 
     def stop(self) -> None:
         self.server.should_exit = True
