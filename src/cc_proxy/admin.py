@@ -35,6 +35,7 @@ _ERROR_TYPES = {
     403: ErrorType.PERMISSION,
     404: ErrorType.NOT_FOUND,
     405: ErrorType.INVALID_REQUEST,
+    408: ErrorType.TIMEOUT,
     409: ErrorType.INVALID_REQUEST,
     413: ErrorType.REQUEST_TOO_LARGE,
 }
@@ -104,10 +105,17 @@ def build_admin(gateway: Gateway) -> Starlette:
                 401, "this endpoint needs Authorization: Bearer <CC_SERVER__ADMIN_TOKEN>"
             )
         raw = b""
-        async for chunk in request.stream():
-            raw += chunk
-            if len(raw) > MAX_ADMIN_BODY:
-                return error_response(413, f"body over {MAX_ADMIN_BODY} bytes")
+        timeout = settings.server.client_timeout_secs
+        try:
+            async with asyncio.timeout(timeout):  # a body that never comes, too
+                async for chunk in request.stream():
+                    raw += chunk
+                    if len(raw) > MAX_ADMIN_BODY:
+                        return error_response(413, f"body over {MAX_ADMIN_BODY} bytes")
+        except TimeoutError:
+            return error_response(
+                408, f"the body did not arrive within {timeout:g}s (server.client_timeout_secs)"
+            )
         try:
             return model.model_validate_json(raw)
         except ValidationError as exc:

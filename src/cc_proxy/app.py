@@ -114,6 +114,7 @@ class Gateway:
             shadow=self.shadow,
             tracing=self.tracing,
             max_body_bytes=settings.server.max_body_bytes,
+            client_timeout=settings.server.client_timeout_secs,
         )
         self.admin = build_admin(self)
 

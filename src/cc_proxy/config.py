@@ -109,6 +109,9 @@ class ServerSettings(_Section):
     max_body_bytes: int = Field(default=32 * 1024 * 1024, gt=0)
     shutdown_grace_secs: float = Field(default=30.0, ge=0)
     admin_token: SecretStr | None = None
+    # A client's request head must arrive within this, and its body never fall silent
+    # for longer: a slow or lying client cannot hold a connection for ever.
+    client_timeout_secs: float = Field(default=60.0, gt=0)
 
 
 class TargetSettings(_Section):

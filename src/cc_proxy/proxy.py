@@ -180,7 +180,7 @@ def _content_length(scope: Scope) -> int | None:
     return int(value) if value.isdigit() else None
 
 
-async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+async def read_body(scope: Scope, receive: Receive, limit: int, silence_secs: float) -> bytes:
     too_large = GatewayError(
         413,
         ErrorType.REQUEST_TOO_LARGE,
@@ -192,7 +192,17 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
     chunks: list[bytes] = []
     size = 0
     while True:
-        message = await receive()
+        try:
+            # A body that falls silent (a Content-Length that lies, a client that stalls)
+            # must not hold the connection for ever.
+            async with asyncio.timeout(silence_secs):
+                message = await receive()
+        except TimeoutError:
+            raise GatewayError(
+                408,
+                ErrorType.TIMEOUT,
+                f"the request body fell silent for {silence_secs:g}s (server.client_timeout_secs)",
+            ) from None
         if message["type"] == "http.disconnect":
             raise ClientGone
         chunk = message.get("body", b"")
@@ -232,6 +242,7 @@ class Proxy:
         shadow: Shadow,
         tracing: ContentTracing,
         max_body_bytes: int,
+        client_timeout: float,
     ) -> None:
         self.upstreams = upstreams
         self.modes = modes
@@ -241,6 +252,7 @@ class Proxy:
         self.shadow = shadow
         self.tracing = tracing
         self.max_body_bytes = max_body_bytes
+        self.client_timeout = client_timeout
         self.session: aiohttp.ClientSession | None = None  # opened with the event loop
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -286,7 +298,7 @@ class Proxy:
         endpoint: Endpoint,
         rid: bytes,
     ) -> None:
-        raw = await read_body(scope, receive, self.max_body_bytes)
+        raw = await read_body(scope, receive, self.max_body_bytes, self.client_timeout)
         body: dict[str, Any] = {}
         if endpoint is Endpoint.MESSAGES or route.shape:
             body = parse_messages_body(raw)

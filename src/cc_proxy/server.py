@@ -15,6 +15,7 @@ import uvicorn
 
 from cc_proxy.app import Gateway
 from cc_proxy.config import ConfigError, Settings, parse_listen_address, redact_url
+from cc_proxy.protocol import bounded_protocol
 
 log = logging.getLogger("cc_proxy")
 
@@ -63,7 +64,7 @@ def uvicorn_server(gateway: Gateway) -> uvicorn.Server:
     config = uvicorn.Config(
         gateway,
         loop="uvloop",
-        http="httptools",
+        http=bounded_protocol(gateway.settings.server.client_timeout_secs),
         lifespan="on",
         log_config=None,
         access_log=False,

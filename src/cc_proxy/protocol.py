@@ -1,0 +1,120 @@
+"""The HTTP/1.1 protocol uvicorn runs for each client connection: its httptools protocol,
+with what that leaves unbounded bounded, and its own refusals in the Anthropic shape.
+
+uvicorn times out only an idle keep-alive connection: a client may otherwise take
+forever over a request's head (slow loris), or send a head of any size, which httptools
+buffers whole. Each such connection would hold a socket and memory for nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from http import HTTPStatus
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from cc_proxy.errors import ErrorType, error_body
+
+# Claude Code's request heads are about 2 KiB; common servers stop at 8 to 64 KiB.
+MAX_HEAD_BYTES = 64 * 1024
+
+
+class BoundedHttpToolsProtocol(HttpToolsProtocol):
+    """A request head must arrive whole within `head_timeout` seconds of its first byte
+    (or of the connection's opening) and be at most MAX_HEAD_BYTES long."""
+
+    head_timeout: float = 60.0  # set per server by `bounded_protocol`
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._in_head = True
+        self._head_bytes = 0
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._refusal: tuple[HTTPStatus, ErrorType, str] | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_head_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_head_timer()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._in_head:
+            self._head_bytes += len(data)
+        super().data_received(data)
+        # Checked after parsing: a read that also completes the head is let through.
+        if self._in_head and self._head_bytes > MAX_HEAD_BYTES:
+            self._refuse(
+                HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE,
+                ErrorType.INVALID_REQUEST,
+                f"request line and headers exceed {MAX_HEAD_BYTES} bytes",
+            )
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._in_head = True
+        self._head_bytes = 0
+        self._arm_head_timer()
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._cancel_head_timer()
+        super().on_headers_complete()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self._refusal is not None:
+            self._refuse(*self._refusal)
+
+    def send_400_response(self, msg: str) -> None:
+        # httptools could not parse the request: uvicorn's own answer is plain text.
+        self._refuse(HTTPStatus.BAD_REQUEST, ErrorType.INVALID_REQUEST, msg)
+
+    def _arm_head_timer(self) -> None:
+        if self._head_timer is None:
+            self._head_timer = self.loop.call_later(self.head_timeout, self._head_too_slow)
+
+    def _cancel_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_too_slow(self) -> None:
+        self._head_timer = None
+        self._refuse(
+            HTTPStatus.REQUEST_TIMEOUT,
+            ErrorType.TIMEOUT,
+            f"the request line and headers did not arrive within {self.head_timeout:g}s "
+            "(server.client_timeout_secs)",
+        )
+
+    def _refuse(self, status: HTTPStatus, kind: ErrorType, message: str) -> None:
+        """Answer on the raw connection (this request never reached the app) and close
+        it; after the answer in progress, if there is one (pipelining, or a body followed
+        by more bytes than its Content-Length said)."""
+        if self.transport.is_closing():
+            return
+        if self.cycle is not None and not self.cycle.response_complete:
+            self._refusal = (status, kind, message)
+            return
+        body = error_body(kind, message)
+        head = (
+            f"HTTP/1.1 {status.value} {status.phrase}\r\n"
+            "content-type: application/json\r\n"
+            f"content-length: {len(body)}\r\n"
+            f"x-cc-proxy-request-id: {uuid.uuid4().hex}\r\n"
+            "connection: close\r\n\r\n"
+        )
+        self.transport.write(head.encode("latin-1") + body)
+        self.transport.close()
+
+
+def bounded_protocol(head_timeout: float) -> type[BoundedHttpToolsProtocol]:
+    """The protocol class for a server whose clients get `head_timeout` for a head."""
+    return type(
+        "BoundedHttpToolsProtocol", (BoundedHttpToolsProtocol,), {"head_timeout": head_timeout}
+    )
