@@ -3,9 +3,13 @@ TCP writes, the relayed bytes and the counts are those of the whole stream."""
 
 from __future__ import annotations
 
+import itertools
 import random
 
+import orjson
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from cc_proxy.accounting import SseFramer, account_events
 from cc_proxy.exchange import Usage
@@ -73,3 +77,76 @@ def test_relayed_pieces_end_on_event_boundaries() -> None:
     for start in range(0, len(stream), 13):
         out = framer.feed(stream[start : start + 13])
         assert out == b"" or out.endswith(b"\n\n")
+
+
+# --- property: any split of a valid stream ------------------------------------------------
+
+_text_blocks = st.text(max_size=30).map(lambda text: {"type": "text", "text": text})
+_tool_blocks = st.fixed_dictionaries(
+    {
+        "type": st.just("tool_use"),
+        "id": st.just("toolu_1"),
+        "name": st.sampled_from(["Bash", "Read", "Edit"]),
+        "input": st.dictionaries(
+            st.text(max_size=6), st.text(max_size=12) | st.integers(-(2**53), 2**53), max_size=3
+        ),
+    }
+)
+
+
+@st.composite
+def valid_streams(draw: st.DrawFn) -> tuple[bytes, Usage]:
+    """A Messages stream as Anthropic, vLLM or SGLang would send it, and what it reports."""
+    content = draw(st.lists(_text_blocks | _tool_blocks, max_size=4))
+    reported = Usage(
+        input_tokens=draw(st.integers(0, 2_000_000)),
+        output_tokens=draw(st.integers(1, 64_000)),
+        cache_read_input_tokens=draw(st.integers(0, 100_000)),
+        tool_calls=sum(block["type"] == "tool_use" for block in content),
+        stop_reason="tool_use" if content and content[-1]["type"] == "tool_use" else "end_turn",
+        model="m",
+        stopped=True,
+    )
+    message = {
+        "id": "msg_1",
+        "type": "message",
+        "role": "assistant",
+        "model": "m",
+        "content": content,
+        "stop_reason": reported.stop_reason,
+        "stop_sequence": None,
+        "usage": {
+            "input_tokens": reported.input_tokens,
+            "output_tokens": reported.output_tokens,
+            "cache_read_input_tokens": reported.cache_read_input_tokens,
+        },
+    }
+    events = message_events(message, pieces=draw(st.integers(1, 6)))
+    if draw(st.booleans()):
+        # SGLang: message_start reports no input tokens; message_delta does.
+        start, delta = orjson.loads(events[0].split(b"data: ")[1]), -2
+        start["message"]["usage"]["input_tokens"] = 0
+        events[0] = sse_event(start)
+        late = orjson.loads(events[delta].split(b"data: ")[1])
+        late["usage"]["input_tokens"] = reported.input_tokens
+        events[delta] = sse_event(late)
+    stream = b"".join(events)
+    if draw(st.booleans()):
+        stream = stream.replace(b"\n", b"\r\n")
+    return stream, reported
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(valid_streams(), st.data())
+def test_any_split_of_a_valid_stream_gives_the_counts_of_the_whole(
+    stream_and_usage: tuple[bytes, Usage], data: st.DataObject
+) -> None:
+    stream, reported = stream_and_usage
+    relayed, whole = relay([stream])
+    assert relayed == stream
+    assert whole == reported
+    cuts = data.draw(st.lists(st.integers(1, len(stream) - 1), max_size=40, unique=True))
+    edges = [0, *sorted(cuts), len(stream)]
+    relayed, usage = relay([stream[a:b] for a, b in itertools.pairwise(edges)])
+    assert relayed == stream
+    assert usage == whole
