@@ -224,9 +224,10 @@ class Reply:
 class ScriptedUpstream:
     """A stand-in upstream that records every request and answers from a script.
 
-    With the script empty it answers like the stand-in model. With `signs_thinking` it
-    thinks in blocks it signs, and, as Anthropic does, rejects any request that carries a
-    thinking block signed by anyone else.
+    With the script empty it asks `pick`, if given, for a reply to the request, and
+    otherwise answers like the stand-in model. With `signs_thinking` it thinks in blocks
+    it signs, and, as Anthropic does, rejects any request that carries a thinking block
+    signed by anyone else. A long soak turns `record` off.
     """
 
     name: str
@@ -239,29 +240,31 @@ class ScriptedUpstream:
     answers: list[dict[str, Any]] = field(default_factory=list)  # by Reply.message
     signs_thinking: str | None = None
     script_for: str | None = None  # when set, only requests to this path are scripted
+    pick: Callable[[Seen], Reply | None] | None = None
+    record: bool = True
 
     def queue(self, *replies: Reply) -> None:
         self.script.extend(replies)
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
-        self.seen.append(
-            Seen(
-                request.method,
-                request.path,
-                request.query_string,
-                CIMultiDict(request.headers),
-                body,
-            )
+        seen = Seen(
+            request.method, request.path, request.query_string, CIMultiDict(request.headers), body
         )
+        if self.record:
+            self.seen.append(seen)
         foreign = self._foreign_thinking(body)
+        scripted = bool(self.script) and self.script_for in (None, request.path)
+        picked = self.pick(seen) if self.pick is not None and not scripted else None
         if foreign is not None:
             reply = Reply.json(
                 {"type": "error", "error": {"type": "invalid_request_error", "message": foreign}},
                 400,
             )
-        elif self.script and self.script_for in (None, request.path):
+        elif scripted:
             reply = self.script.popleft()
+        elif picked is not None:
+            reply = picked
         elif request.method == "POST" and request.path == "/v1/messages":
             reply = Reply.model()
         else:
@@ -295,6 +298,12 @@ class ScriptedUpstream:
     async def stop(self) -> None:
         if self.runner is not None:
             await self.runner.cleanup()
+
+    @property
+    def open_connections(self) -> int:
+        """Connections to this upstream still open (a keep-alive pool's, at rest)."""
+        server = self.runner.server if self.runner is not None else None
+        return len(server.connections) if server is not None else 0
 
 
 _scratch: list[Path] = []

@@ -113,3 +113,30 @@ def test_passthrough_gets_no_credentials_without_passthrough_auth_or_key(
     replay(gateway.url, "authtok", "/v1/models")
     assert "x-api-key" not in passthrough.seen[0].headers
     assert "authorization" not in passthrough.seen[0].headers
+
+
+@pytest.mark.parametrize("mode", ["target", "compare", "anthropic-only"])
+@pytest.mark.parametrize(
+    "path",
+    ["/v1/messages?beta=true", "/v1/messages/count_tokens", "/v1/models", "/v1/files/f1"],
+    ids=["messages", "count_tokens", "fallback", "fallback-deeper"],
+)
+def test_the_target_never_sees_client_credentials_in_any_mode_or_path(
+    start_gateway: GatewayFactory,
+    target: ScriptedUpstream,
+    passthrough: ScriptedUpstream,
+    mode: str,
+    path: str,
+) -> None:
+    gateway = start_gateway(default_mode=mode, allow_anthropic_only=True)
+    _, headers, body = load_fixture("basic")
+    both = {**headers, "x-api-key": CLIENT_KEY, "Authorization": f"Bearer {CLIENT_KEY}"}
+    with httpx.Client(timeout=30) as http:
+        http.post(gateway.url + path, content=body, headers=both)
+    shadowed = mode == "compare" and path.startswith("/v1/messages?")
+    # The request went where its mode sends it (and its shadow copy to the target).
+    assert wait_until(lambda: len(passthrough.seen) + len(target.seen) == 1 + shadowed)
+    for seen in target.seen:  # the target's own request, or compare mode's shadow copy
+        assert "x-api-key" not in seen.headers
+        assert "authorization" not in seen.headers
+        assert CLIENT_KEY not in str(seen.headers)

@@ -556,3 +556,66 @@ def test_a_streamed_answer_is_reassembled_into_the_message_it_carried() -> None:
     message = tool_call_message()
 
     assert reassemble_message(b"".join(message_events(message))) == message
+
+
+def test_no_secret_in_any_log_line_or_span_on_fault_paths(
+    start_gateway: GatewayFactory,
+    grpc_collector: tuple[str, Received],
+    fast_export: None,
+    target: ScriptedUpstream,
+    passthrough: ScriptedUpstream,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    admin_token = "admin-secret-0005"
+    endpoint, received = grpc_collector
+    caplog.set_level(logging.DEBUG)  # every logger, every level
+    gateway = start_gateway(
+        default_mode="compare",
+        allow_anthropic_only=True,
+        target={"api_key": TARGET_KEY, "timeout_secs": 0.5},
+        passthrough={"api_key": PASSTHROUGH_KEY, "passthrough_auth": False},
+        server={"admin_token": admin_token},
+        tracing={"otlp_endpoint": endpoint, "enabled": True, "log_level": "debug"},
+    )
+    events = message_events(
+        {
+            "id": "msg_1",
+            "type": "message",
+            "role": "assistant",
+            "model": "m",
+            "content": [{"type": "text", "text": "partial answer"}],
+            "stop_reason": "end_turn",
+            "stop_sequence": None,
+            "usage": {"input_tokens": 3, "output_tokens": 2},
+        }
+    )
+    error = {"type": "error", "error": {"type": "rate_limit_error", "message": "later"}}
+    target.queue(
+        Reply.sse(events[:3], then="close"),  # compare mode's shadow breaks mid-stream
+        Reply.hang(),  # times out
+        Reply.json(error, status=429, headers={"retry-after": "3"}),
+        Reply.sse(events[:3], then="hang"),  # stalls mid-stream
+    )
+    credentials = {"x-api-key": CLIENT_KEY, "authorization": f"Bearer {CLIENT_KEY}"}
+    admin = {"authorization": f"Bearer {admin_token}"}
+    with httpx.Client(base_url=gateway.url, timeout=30) as http:
+        http.post("/v1/messages", content=orjson.dumps(messages_body()), headers=credentials)
+        assert wait_until(lambda: gateway.stats["shadow"]["requests"] == 1)
+        http.put("/api/mode", json={"mode": "target"}, headers=admin)
+        for _ in range(3):
+            http.post("/v1/messages", content=orjson.dumps(messages_body()), headers=credentials)
+        http.post("/v1/messages/count_tokens", content=b"{}", headers=credentials)
+        http.put("/api/mode", json={"mode": "compare"}, headers={"authorization": "Bearer no"})
+        http.put("/api/mode", json={"mode": "anthropic-only"}, headers=admin)
+        http.get("/v1/models", headers=credentials)
+    assert gateway.stats["errors"] == 3
+    received.wait_for(7)
+    gateway.stop()
+    logged = "\n".join(f"{r.getMessage()} {r.exc_text or ''} {r.args!r}" for r in caplog.records)
+    assert "outcome=stream_broken" in logged  # the fault paths were logged
+    assert "outcome=timeout" in logged
+    raw = received.raw
+    assert b"input.value" in raw
+    for secret in (CLIENT_KEY, TARGET_KEY, PASSTHROUGH_KEY, admin_token):
+        assert secret not in logged
+        assert secret.encode() not in raw
