@@ -321,24 +321,12 @@ class Proxy:
         if route.shadow:
             self.shadow.send(scope, exchange, body)
 
-        limiter = upstream.limiter
-        if limiter is not None and not await limiter.acquire():
-            raise GatewayError(
-                529,
-                ErrorType.OVERLOADED,
-                f"upstream {upstream.name} is at its limit of {limiter.capacity} requests "
-                "in flight (target.max_concurrent); retry shortly",
-            )
-        try:
-            assert self.session is not None, "the client session opens at start-up"
-            headers = upstream.request_headers(scope["headers"], identity=exchange.is_messages)
-            if route.upstream == "target":
-                headers = self.shaping.shape_headers(headers)
-            sink = EstimatingSink(send, rid, body) if route.estimate else ClientSink(send, rid)
-            await self._relay_until_client_leaves(receive, exchange, upstream, headers, raw, sink)
-        finally:
-            if limiter is not None:
-                limiter.release()
+        assert self.session is not None, "the client session opens at start-up"
+        headers = upstream.request_headers(scope["headers"], identity=exchange.is_messages)
+        if route.upstream == "target":
+            headers = self.shaping.shape_headers(headers)
+        sink = EstimatingSink(send, rid, body) if route.estimate else ClientSink(send, rid)
+        await self._relay_until_client_leaves(receive, exchange, upstream, headers, raw, sink)
 
     async def _relay_until_client_leaves(
         self,
@@ -349,8 +337,9 @@ class Proxy:
         body: bytes,
         sink: Sink,
     ) -> None:
-        """Relay, and cancel the upstream request the moment the client disconnects, so a
-        self-hosted GPU stops generating for nobody."""
+        """Take a slot of the upstream's limiter, relay, and stop the moment the client
+        disconnects: a self-hosted GPU stops generating for nobody, and a client that
+        leaves while queued for a slot never reaches the upstream at all."""
         assert self.session is not None
         relaying = asyncio.current_task()
         assert relaying is not None
@@ -366,11 +355,23 @@ class Proxy:
                 relaying.cancel()
 
         watcher = asyncio.create_task(watch())
-        watchers = self.observers.watchers(exchange)
+        limiter = upstream.limiter
         try:
-            await relay(
-                self.session, upstream, exchange, headers, body, sink, self.observers, watchers
-            )
+            if limiter is not None and not await limiter.acquire():
+                raise GatewayError(
+                    529,
+                    ErrorType.OVERLOADED,
+                    f"upstream {upstream.name} is at its limit of {limiter.capacity} requests "
+                    "in flight (target.max_concurrent); retry shortly",
+                )
+            try:
+                watchers = self.observers.watchers(exchange)
+                await relay(
+                    self.session, upstream, exchange, headers, body, sink, self.observers, watchers
+                )
+            finally:
+                if limiter is not None:
+                    limiter.release()
         except asyncio.CancelledError:
             if not gone:
                 raise
