@@ -165,14 +165,25 @@ class Reply:
     def close_delimited(cls, body: bytes, content_type: str = "text/event-stream") -> Reply:
         """An HTTP/1.0-style answer: no length, no chunking; the body ends when the
         connection closes."""
+        head = f"HTTP/1.1 200 OK\r\ncontent-type: {content_type}\r\nconnection: close\r\n\r\n"
+        return cls.raw(head.encode() + body)
+
+    @classmethod
+    def raw(cls, answer: bytes, *, then: str = "close") -> Reply:
+        """`answer` written as it is on the connection, which then closes ("close") or
+        stays open with nothing more sent ("hang")."""
 
         async def respond(request: web.Request, up: ScriptedUpstream) -> web.StreamResponse:
             transport = request.transport
             assert transport is not None
-            head = f"HTTP/1.1 200 OK\r\ncontent-type: {content_type}\r\nconnection: close\r\n\r\n"
-            transport.write(head.encode() + body)
-            transport.close()
-            await asyncio.sleep(3600)  # the connection is gone; aiohttp cancels this
+            transport.write(answer)
+            if then == "close":
+                transport.close()
+            try:
+                await asyncio.sleep(3600)  # aiohttp cancels this once the connection is gone
+            except asyncio.CancelledError:
+                up.aborted.append(time.monotonic())
+                raise
             raise AssertionError("unreachable")
 
         return cls(respond)

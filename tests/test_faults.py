@@ -139,6 +139,11 @@ class Counted:
         self.output_tokens += body["usage"]["output_tokens"]
         self.tool_calls += sum(block["type"] == "tool_use" for block in body["content"])
 
+    def add_broken(self) -> None:
+        """An answer the client could not read to its end: no token is counted."""
+        self.total_requests += 1
+        self.errors += 1
+
     def add(self, response: httpx.Response, raw: bytes | None = None) -> None:
         content = response.content if raw is None else raw
         if response.headers.get("content-type", "").startswith("text/event-stream"):
@@ -393,6 +398,30 @@ def test_row_07_malformed_sse_is_relayed_unchanged_and_counted_as_a_client_reads
         got.add(response)
 
 
+JSON_HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 500\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        pytest.param(Reply.raw(JSON_HEAD + b'{"id": "msg_1", "type": "mess'), id="closed"),
+        pytest.param(Reply.raw(JSON_HEAD + b'{"id": "msg_1"', then="hang"), id="stalled"),
+    ],
+)
+def test_rows_04_05_json_answer_cut_short_reaches_the_client_as_a_broken_answer(
+    start_gateway: GatewayFactory, target: ScriptedUpstream, reply: Reply
+) -> None:
+    # A plain body cannot carry an error once it began: the connection is closed
+    # short of its Content-Length, which every client reads as a failed answer.
+    gateway = start_gateway(target={"timeout_secs": 0.5})
+    with promises(gateway) as got:
+        target.queue(reply)
+        with pytest.raises(httpx.RemoteProtocolError):
+            post(gateway.url, {**ASK, "stream": False})
+        got.add_broken()
+        assert wait_until(lambda: len(target.aborted) == 1, timeout=WAIT)
+
+
 # --- row 8: the upstream's own refusals ---------------------------------------------------
 
 
@@ -457,6 +486,35 @@ def dechunk(content: bytes) -> bytes:
         body += rest[: int(size, 16)]
         content = rest[int(size, 16) + 2 :]
     return body
+
+
+def test_row_09_client_leaving_while_queued_for_a_target_slot_never_reaches_the_target(
+    start_gateway: GatewayFactory, target: ScriptedUpstream, loop_thread: LoopThread
+) -> None:
+    gate = Gate(loop_thread)
+    events = events_for()
+    gateway = start_gateway(target={"max_concurrent": 1, "queue_wait_secs": WAIT})
+    limiter = gateway.gateway.upstreams["target"].limiter
+    assert limiter is not None
+    with promises(gateway) as got, ThreadPoolExecutor(max_workers=1) as pool:
+        target.queue(Reply.sse(events, gate=gate, hold_at=1))
+        holder = pool.submit(post, gateway.url, ASK)
+        assert wait_until(lambda: len(target.seen) == 2, timeout=WAIT)  # warm-up, holder
+        host, port = gateway.url.removeprefix("http://").split(":")
+        body = orjson.dumps(ASK)
+        with socket.create_connection((host, int(port)), timeout=WAIT) as sock:
+            sock.sendall(
+                f"POST /v1/messages HTTP/1.1\r\nhost: {host}\r\n"
+                f"content-length: {len(body)}\r\n\r\n".encode()
+                + body
+            )
+            assert wait_until(lambda: len(limiter._waiters) == 1, timeout=WAIT)
+        # Noticed while still queued: the slot is not waited for on behalf of nobody.
+        assert wait_until(lambda: gateway.stats["client_disconnects"] == 1, timeout=WAIT)
+        got.add_sse(200, b"", left=True)
+        gate.open()
+        got.add(holder.result(WAIT))
+    assert len(target.seen) == 3  # the warm-up, the holder, the next request
 
 
 # --- row 10: a burst over max_concurrent ---------------------------------------------------
