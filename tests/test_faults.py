@@ -623,11 +623,13 @@ def test_row_11_sigterm_lets_streams_in_flight_finish_refuses_new_ones_and_exits
 # --- row 12: a mode switch with streams in flight -----------------------------------------
 
 
+@pytest.mark.parametrize("other", ["anthropic-only", "compare"])
 def test_row_12_streams_in_flight_finish_on_the_upstream_they_started_on(
     start_gateway: GatewayFactory,
     target: ScriptedUpstream,
     passthrough: ScriptedUpstream,
     loop_thread: LoopThread,
+    other: str,
 ) -> None:
     gateway = start_gateway(allow_anthropic_only=True)
     modes = gateway.gateway.modes
@@ -639,7 +641,7 @@ def test_row_12_streams_in_flight_finish_on_the_upstream_they_started_on(
         assert wait_until(lambda: len(target.seen) == 2, timeout=WAIT)  # warm-up, this
 
         with httpx.Client(timeout=WAIT) as http:
-            http.put(gateway.url + "/api/mode", json={"mode": "anthropic-only"})
+            http.put(gateway.url + "/api/mode", json={"mode": other})
         passthrough.queue(Reply.sse(passthrough_events, gate=gate, hold_at=2))
         on_passthrough = pool.submit(post, gateway.url, PLAIN_ASK)
         assert wait_until(lambda: len(passthrough.seen) == 1, timeout=WAIT)
@@ -652,7 +654,8 @@ def test_row_12_streams_in_flight_finish_on_the_upstream_they_started_on(
         assert second.content == b"".join(passthrough_events)
         got.add(first)
         got.add(second)
-    assert len(target.seen) == 3  # warm-up, the first stream, the next request
+    # warm-up, the first stream, the next request; in compare mode the shadow copy too
+    assert len(target.seen) == 3 + (other == "compare")
     assert len(passthrough.seen) == 1
     assert modes.current.value == "target"
-    assert gateway.stats["requests_by_mode"] == {"target": 3, "anthropic-only": 1}
+    assert gateway.stats["requests_by_mode"] == {"target": 3, other: 1}
