@@ -164,6 +164,17 @@ def moved(before: dict[str, Any], after: dict[str, Any]) -> Counted:
     return Counted(**{key: after[key] - before[key] for key in asdict(Counted())})
 
 
+def check_answer(response: httpx.Response, status: int, kind: str) -> None:
+    """An error the gateway answered itself, Anthropic-shaped, with its correlation id."""
+    check_gateway_error(
+        response.status_code,
+        response.headers,
+        response.content,
+        expected_status=status,
+        expected_type=kind,
+    )
+
+
 # --- the four promises ------------------------------------------------------------------
 
 
@@ -235,13 +246,7 @@ def test_row_01_upstream_refusing_the_connection_is_502(
     revived = ScriptedUpstream("target")
     with promises(gateway, warm_up=False, mend=lambda: loop_thread.run(revived.start(port))) as got:
         response = post(gateway.url, {**ASK, "stream": stream})
-        check_gateway_error(
-            response.status_code,
-            response.headers,
-            response.content,
-            expected_status=502,
-            expected_type="api_error",
-        )
+        check_answer(response, 502, "api_error")
         got.add(response)
     loop_thread.run(revived.stop())
 
@@ -262,13 +267,7 @@ def test_row_02_tls_or_dns_failure_is_502(
 
     with promises(gateway, warm_up=False, mend=to_the_passthrough) as got:
         response = post(gateway.url, ASK)
-        check_gateway_error(
-            response.status_code,
-            response.headers,
-            response.content,
-            expected_status=502,
-            expected_type="api_error",
-        )
+        check_answer(response, 502, "api_error")
         got.add(response)
     assert target.seen == []
     assert len(passthrough.seen) == 1
@@ -282,13 +281,7 @@ def test_row_03_upstream_that_never_answers_is_504_and_its_connection_closed(
     with promises(gateway) as got:
         target.queue(Reply.hang())
         response = post(gateway.url, {**ASK, "stream": stream})
-        check_gateway_error(
-            response.status_code,
-            response.headers,
-            response.content,
-            expected_status=504,
-            expected_type="timeout_error",
-        )
+        check_answer(response, 504, "timeout_error")
         got.add(response)
         assert wait_until(lambda: len(target.aborted) == 1, timeout=WAIT)
 
@@ -344,18 +337,24 @@ def test_row_05_upstream_closing_mid_stream_ends_in_sse_error(
         got.add(response)
 
 
-def test_row_06_error_event_in_a_200_stream_is_passed_through_and_counted_as_an_error(
-    start_gateway: GatewayFactory, target: ScriptedUpstream
-) -> None:
-    gateway = start_gateway()
-    sent = [*events_for()[:5], ERROR_EVENT]
+def relayed_unchanged(
+    gateway: RunningGateway, target: ScriptedUpstream, sent: list[bytes]
+) -> Counted:
+    """The target streams `sent`; the client must get exactly those bytes."""
     with promises(gateway) as got:
         target.queue(Reply.sse(sent))
         response = post(gateway.url, ASK)
         assert response.status_code == 200
         assert response.content == b"".join(sent)
         got.add(response)
-        assert got.errors == 1
+    return got
+
+
+def test_row_06_error_event_in_a_200_stream_is_passed_through_and_counted_as_an_error(
+    start_gateway: GatewayFactory, target: ScriptedUpstream
+) -> None:
+    got = relayed_unchanged(start_gateway(), target, [*events_for()[:5], ERROR_EVENT])
+    assert got.errors == 1
 
 
 def _malformed_streams() -> dict[str, list[bytes]]:
@@ -389,13 +388,7 @@ MALFORMED = _malformed_streams()
 def test_row_07_malformed_sse_is_relayed_unchanged_and_counted_as_a_client_reads_it(
     start_gateway: GatewayFactory, target: ScriptedUpstream, sent: list[bytes]
 ) -> None:
-    gateway = start_gateway()
-    with promises(gateway) as got:
-        target.queue(Reply.sse(sent))
-        response = post(gateway.url, ASK)
-        assert response.status_code == 200
-        assert response.content == b"".join(sent)
-        got.add(response)
+    relayed_unchanged(start_gateway(), target, sent)
 
 
 JSON_HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 500\r\n\r\n"
@@ -543,13 +536,7 @@ def test_row_10_burst_of_three_times_max_concurrent_gets_529_for_the_excess_only
         overloaded = [r for r in results if r.status_code == 529]
         assert len(overloaded) == 2 * limit
         for response in overloaded:
-            check_gateway_error(
-                response.status_code,
-                response.headers,
-                response.content,
-                expected_status=529,
-                expected_type="overloaded_error",
-            )
+            check_answer(response, 529, "overloaded_error")
         served = [r for r in results if r.status_code == 200]
         assert len(served) == limit
         assert all(r.content == b"".join(events) for r in served)
