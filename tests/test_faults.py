@@ -440,32 +440,41 @@ def test_row_08_upstream_429_and_529_pass_through_untouched(
 # --- row 9: the client leaves ---------------------------------------------------------------
 
 
-def test_row_09_client_leaving_mid_stream_closes_the_upstream_connection_within_100ms(
-    start_gateway: GatewayFactory, target: ScriptedUpstream
+@contextmanager
+def raw_request(gateway: RunningGateway, body: dict[str, Any]) -> Iterator[socket.socket]:
+    """A Messages request written on a plain socket, which the test closes when it likes."""
+    host, port = gateway.url.removeprefix("http://").split(":")
+    raw = orjson.dumps(body)
+    head = (
+        f"POST /v1/messages HTTP/1.1\r\nhost: {host}\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(raw)}\r\nx-api-key: {CLIENT_KEY}\r\n\r\n"
+    )
+    with socket.create_connection((host, int(port)), timeout=WAIT) as sock:
+        sock.sendall(head.encode() + raw)
+        yield sock
+
+
+@pytest.mark.parametrize("sent", [0, 4], ids=["before-the-first-byte", "mid-stream"])
+def test_row_09_client_leaving_closes_the_upstream_connection_within_100ms(
+    start_gateway: GatewayFactory, target: ScriptedUpstream, sent: int
 ) -> None:
     gateway = start_gateway()
-    delivered = events_for()[:4]
+    delivered = events_for()[:sent]
     with promises(gateway) as got:
-        # The upstream sends four events and then keeps the stream open, as a model still
-        # generating would; only the gateway closing the connection ends its handler.
-        target.queue(Reply.sse(delivered, then="hang"))
-        host, port = gateway.url.removeprefix("http://").split(":")
-        body = orjson.dumps(ASK)
-        request = (
-            f"POST /v1/messages HTTP/1.1\r\nhost: {host}\r\ncontent-type: application/json\r\n"
-            f"content-length: {len(body)}\r\nx-api-key: {CLIENT_KEY}\r\n\r\n"
-        ).encode() + body
-        with socket.create_connection((host, int(port)), timeout=WAIT) as sock:
-            sock.sendall(request)
-            received = b""
-            while received.count(b"\n\n") < len(delivered):
+        # The upstream keeps its answer open, as a model still thinking or generating
+        # would: only the gateway closing the connection ends its handler.
+        target.queue(Reply.sse(delivered, then="hang") if sent else Reply.hang())
+        received = b""
+        with raw_request(gateway, ASK) as sock:
+            while received.count(b"\n\n") < sent:
                 received += sock.recv(65536)
+            assert wait_until(lambda: len(target.seen) == 2, timeout=WAIT)  # warm-up, this
             left = time.monotonic()
         assert wait_until(lambda: len(target.aborted) == 1, timeout=WAIT)
         noticed_ms = (target.aborted[0] - left) * 1000
         assert noticed_ms < 100, f"the upstream saw its connection closed after {noticed_ms}ms"
         head, _, content = received.partition(b"\r\n\r\n")
-        assert head.startswith(b"HTTP/1.1 200")
+        assert head.startswith(b"HTTP/1.1 200") if sent else received == b""
         assert dechunk(content) == b"".join(delivered)
         got.add_sse(200, dechunk(content), left=True)
         assert wait_until(lambda: gateway.stats["client_disconnects"] == 1, timeout=WAIT)
@@ -493,14 +502,7 @@ def test_row_09_client_leaving_while_queued_for_a_target_slot_never_reaches_the_
         target.queue(Reply.sse(events, gate=gate, hold_at=1))
         holder = pool.submit(post, gateway.url, ASK)
         assert wait_until(lambda: len(target.seen) == 2, timeout=WAIT)  # warm-up, holder
-        host, port = gateway.url.removeprefix("http://").split(":")
-        body = orjson.dumps(ASK)
-        with socket.create_connection((host, int(port)), timeout=WAIT) as sock:
-            sock.sendall(
-                f"POST /v1/messages HTTP/1.1\r\nhost: {host}\r\n"
-                f"content-length: {len(body)}\r\n\r\n".encode()
-                + body
-            )
+        with raw_request(gateway, ASK):
             assert wait_until(lambda: len(limiter._waiters) == 1, timeout=WAIT)
         # Noticed while still queued: the slot is not waited for on behalf of nobody.
         assert wait_until(lambda: gateway.stats["client_disconnects"] == 1, timeout=WAIT)
