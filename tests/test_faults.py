@@ -261,10 +261,8 @@ def test_row_02_tls_or_dns_failure_is_502(
     broken = url.format(plain=target.url.removeprefix("http://"))
     gateway = start_gateway(target={"url": broken, "timeout_secs": 20}, allow_anthropic_only=True)
 
-    def to_the_passthrough() -> None:  # the target stays broken
-        with httpx.Client(timeout=WAIT) as http:
-            http.put(gateway.url + "/api/mode", json={"mode": "anthropic-only"})
-
+    # The target stays broken: the next request goes to the passthrough.
+    to_the_passthrough = lambda: gateway.switch_mode("anthropic-only")  # noqa: E731
     with promises(gateway, warm_up=False, mend=to_the_passthrough) as got:
         response = post(gateway.url, ASK)
         check_answer(response, 502, "api_error")
@@ -629,14 +627,12 @@ def test_row_12_streams_in_flight_finish_on_the_upstream_they_started_on(
         on_target = pool.submit(post, gateway.url, ASK)
         assert wait_until(lambda: len(target.seen) == 2, timeout=WAIT)  # warm-up, this
 
-        with httpx.Client(timeout=WAIT) as http:
-            http.put(gateway.url + "/api/mode", json={"mode": other})
+        gateway.switch_mode(other)
         passthrough.queue(Reply.sse(passthrough_events, gate=gate, hold_at=2))
         on_passthrough = pool.submit(post, gateway.url, PLAIN_ASK)
         assert wait_until(lambda: len(passthrough.seen) == 1, timeout=WAIT)
 
-        with httpx.Client(timeout=WAIT) as http:
-            http.put(gateway.url + "/api/mode", json={"mode": "target"})
+        gateway.switch_mode("target")
         gate.open()
         first, second = on_target.result(WAIT), on_passthrough.result(WAIT)
         assert first.content == b"".join(target_events)
