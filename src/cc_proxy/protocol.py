@@ -94,11 +94,13 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def _refuse(self, status: HTTPStatus, kind: ErrorType, message: str) -> None:
         """Answer on the raw connection (this request never reached the app) and close
-        it; after the answer in progress, if there is one (pipelining, or a body followed
-        by more bytes than its Content-Length said)."""
+        it. A request read whole before the bad bytes (pipelining, or a body followed by
+        more than its Content-Length said) gets its own answer first; one whose body can
+        no longer come is dropped, and the app sees its client leave."""
         if self.transport.is_closing():
             return
-        if self.cycle is not None and not self.cycle.response_complete:
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete and not cycle.more_body:
             self._refusal = (status, kind, message)
             return
         body = error_body(kind, message)
