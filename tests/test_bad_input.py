@@ -18,7 +18,7 @@ import orjson
 import pytest
 
 from conftest import GatewayFactory
-from harness import RunningGateway, ScriptedUpstream
+from harness import RunningGateway, ScriptedUpstream, wait_until
 from test_errors import check_gateway_error
 from test_faults import ASK, WAIT, promises
 
@@ -260,3 +260,17 @@ def test_a_method_http_does_not_know_is_400(start_gateway: GatewayFactory) -> No
     with promises(gateway), connection(gateway) as sock:
         sock.sendall(head("FROB", "/api/mode"))
         refused_with(sock, 400, "invalid_request_error")
+
+
+def test_a_malformed_chunk_is_400_at_once(start_gateway: GatewayFactory) -> None:
+    # server.client_timeout_secs stays 60: a 408 here would mean the gateway waited for
+    # a body that can no longer come.
+    gateway = start_gateway()
+    with promises(gateway) as got, connection(gateway) as sock:
+        sock.sendall(
+            head("POST", "/v1/messages", "transfer-encoding: chunked") + b"2\r\n{}\r\nZZ\r\n"
+        )
+        refused_with(sock, 400, "invalid_request_error")
+        # The request had begun: the gateway counts it as a client that went away.
+        assert wait_until(lambda: gateway.stats["client_disconnects"] == 1, timeout=WAIT)
+        got.add_sse(400, b"", left=True)
