@@ -1,0 +1,317 @@
+"""The benchmark harness: nginx, a minimal Python relay and cc-proxy, side by side in one
+run against the same fast stand-in upstream. `bench/run` installs what it needs and runs
+this; `python -m bench --smoke` is the few-second version the test suite runs.
+
+The proxy under test is pinned to one core, the load (wrk, the TTFB client) and the
+upstreams to the other, and the relays take turns within each scenario, round after
+round, so that a noisy neighbour weighs on all of them alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from bench.hold import hold_streams
+from bench.load import Scenario, measure_ttfb, run_wrk
+from bench.procs import (
+    REPO,
+    cores,
+    cpu_seconds,
+    fd_hard_limit,
+    memory_kb,
+    raise_fd_limit,
+    wait_for_port,
+)
+from bench.relays import Relay, start_cc_proxy, start_minimal, start_nginx, start_upstream
+from bench.report import render_chart, render_table, summarise
+
+FIXTURE = REPO / "tests" / "fixtures" / "claude-code-2.1.197" / "basic.json"
+# What a held stream costs the proxy besides its memory: two sockets (client, upstream).
+FDS_PER_STREAM = 2
+FD_RESERVE = 100
+
+
+def _request_body(streaming: bool) -> bytes:
+    """A Messages request of about 5 KB, like a short Claude Code turn."""
+    text = "Summarise the following notes. " + " ".join(f"note-{i:04d}" for i in range(480))
+    return orjson.dumps(
+        {
+            "model": "claude-sonnet-4-5",
+            "max_tokens": 1024,
+            "stream": streaming,
+            "system": "You are a helpful assistant.",
+            "messages": [{"role": "user", "content": text}],
+        }
+    )
+
+
+def scenarios(workdir: Path) -> list[Scenario]:
+    plain = workdir / "body-5k.json"
+    plain.write_bytes(_request_body(streaming=False))
+    streamed = workdir / "body-5k-stream.json"
+    streamed.write_bytes(_request_body(streaming=True))
+    recorded = json.loads(FIXTURE.read_text())
+    fixture = workdir / "claude-code-basic.json"
+    fixture.write_bytes(json.dumps(recorded["body"]).encode())
+    return [
+        Scenario("json", "non-streaming, 5 KB body", "/v1/messages", plain, streaming=False),
+        Scenario("stream", "streaming, 100 text deltas", "/v1/messages", streamed, streaming=True),
+        Scenario(
+            "claude_code",
+            "Claude Code request (78 KB), streaming",
+            recorded["path"],
+            fixture,
+            streaming=True,
+        ),
+    ]
+
+
+def _measure(
+    relay: Relay,
+    scenario: Scenario,
+    *,
+    connections: int,
+    seconds: float,
+    load_core: int | None,
+    workdir: Path,
+) -> dict[str, Any]:
+    pids = relay.pids()
+    before = cpu_seconds(pids)
+    result = run_wrk(
+        relay.url,
+        scenario,
+        connections=connections,
+        seconds=seconds,
+        core=load_core,
+        workdir=workdir,
+    )
+    cpu = cpu_seconds(pids) - before
+    return {**asdict(result), "rps": result.rps, "cpu_seconds": cpu}
+
+
+def run_load(
+    relays: list[Relay], scenario_list: list[Scenario], args: argparse.Namespace, load_core: int
+) -> dict[str, dict[str, list[dict[str, Any]]]]:
+    """Each scenario: every relay in turn, `rounds` times, the order rotated each round."""
+    runs: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    for scenario in scenario_list:
+        runs[scenario.name] = {relay.name: [] for relay in relays}
+        for round_ in range(args.rounds):
+            shift = round_ % len(relays)
+            for relay in relays[shift:] + relays[:shift]:
+                measured = _measure(
+                    relay,
+                    scenario,
+                    connections=args.connections,
+                    seconds=args.seconds,
+                    load_core=load_core,
+                    workdir=args.workdir,
+                )
+                runs[scenario.name][relay.name].append(measured)
+                _progress(f"{scenario.name} round {round_ + 1}: {relay.name}", measured)
+    return runs
+
+
+def run_ttfb(
+    relays: list[Relay], scenario: Scenario, args: argparse.Namespace
+) -> dict[str, dict[str, list[dict[str, Any]]]]:
+    found: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    for concurrency in (1, 50):
+        key = f"c{concurrency}"
+        found[key] = {relay.name: [] for relay in relays}
+        requests = args.ttfb_requests if concurrency == 1 else args.ttfb_requests * 5
+        for _ in range(args.rounds):
+            for relay in relays:
+                result = measure_ttfb(relay.url, scenario, concurrency, requests)
+                found[key][relay.name].append(asdict(result))
+        _progress(f"ttfb {key}", {r: v[-1]["p50_ms"] for r, v in found[key].items()})
+    return found
+
+
+def run_multicore(
+    upstream_url: str, scenario: Scenario, args: argparse.Namespace
+) -> dict[str, Any]:
+    """One cc-proxy process against two workers, neither pinned (nor the load): the gain
+    from the second core on a box where the load and the upstream share the cores too."""
+    found: dict[str, Any] = {}
+    relays = [
+        start_cc_proxy("cc-proxy-1-worker", upstream_url, None, args.workdir),
+        start_cc_proxy("cc-proxy-2-workers", upstream_url, None, args.workdir, workers=2),
+    ]
+    try:
+        for relay in relays:
+            found[relay.name] = []
+        for _ in range(args.rounds):
+            for relay in relays:
+                measured = _measure(
+                    relay,
+                    scenario,
+                    connections=args.connections,
+                    seconds=args.seconds,
+                    load_core=None,
+                    workdir=args.workdir,
+                )
+                found[relay.name].append(measured)
+                _progress(f"multicore: {relay.name}", measured)
+    finally:
+        for relay in relays:
+            relay.stop()
+    return found
+
+
+def run_hold(args: argparse.Namespace, proxy_core: int, load_core: int) -> list[dict[str, Any]]:
+    results: list[dict[str, Any]] = []
+    limit = raise_fd_limit(max(args.hold) * FDS_PER_STREAM + FD_RESERVE)
+    for asked in args.hold:
+        count = min(asked, (limit - FD_RESERVE) // FDS_PER_STREAM)
+        upstream, upstream_url = start_upstream(
+            f"slow-upstream-{asked}", load_core, args.workdir, "--mode", "slow"
+        )
+        relay = start_cc_proxy(f"cc-proxy-hold-{asked}", upstream_url, proxy_core, args.workdir)
+        try:
+            port = int(relay.url.rsplit(":", 1)[1])
+            assert relay.process is not None
+            wait_for_port(port, relay.process)
+            result = hold_streams(port, count, args.hold_secs, lambda: memory_kb(relay.pids()))
+        finally:
+            relay.stop()
+            upstream.stop()
+        entry = {
+            **asdict(result),
+            "kb_per_stream": result.kb_per_stream,
+            "fd_limit": limit,
+            "capped_by_fd_limit": count < asked,
+        }
+        results.append(entry)
+        _progress(f"hold {asked}", entry)
+    return results
+
+
+def _progress(what: str, figures: Any) -> None:
+    print(f"bench: {what}: {figures}", file=sys.stderr, flush=True)
+
+
+def machine(proxy_core: int, load_core: int) -> dict[str, Any]:
+    model = "unknown"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            model = line.split(":", 1)[1].strip()
+            break
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "load_average": os.getloadavg(),
+        "pinning": (
+            f"proxy under test on core {proxy_core}; wrk, the TTFB client and the "
+            f"upstreams on core {load_core}"
+        ),
+        "fd_hard_limit": fd_hard_limit(),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--smoke", action="store_true", help="a few seconds, every path once")
+    parser.add_argument("--seconds", type=float, default=5, help="length of one wrk run")
+    parser.add_argument("--rounds", type=int, default=3, help="turns of every relay")
+    parser.add_argument("--connections", type=int, default=50, help="wrk connections")
+    parser.add_argument("--ttfb-requests", type=int, default=200, help="TTFB samples at c=1")
+    parser.add_argument(
+        "--hold", type=int, nargs="*", default=[1000, 10000], help="concurrent slow streams"
+    )
+    parser.add_argument("--hold-secs", type=float, default=5, help="how long they are held")
+    parser.add_argument("--no-multicore", action="store_true", help="skip the workers test")
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.seconds, args.rounds, args.ttfb_requests = 1, 1, 10
+        args.hold, args.hold_secs = [50], 1.5
+
+    proxy_core, load_core = cores()
+    os.sched_setaffinity(0, {load_core})
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="cc-proxy-bench-") as workdir:
+        args.workdir = Path(workdir)
+        scenario_list = scenarios(args.workdir)
+        upstream, upstream_url = start_upstream("upstream", load_core, args.workdir)
+        passthrough, passthrough_url = start_upstream("passthrough", load_core, args.workdir)
+        relays = [Relay("direct", upstream_url, None)]
+        try:
+            relays.append(start_nginx(upstream_url, proxy_core, args.workdir))
+            relays.append(start_minimal(upstream_url, proxy_core, args.workdir))
+            relays.append(start_cc_proxy("cc-proxy", upstream_url, proxy_core, args.workdir))
+            relays.append(
+                start_cc_proxy(
+                    "cc-proxy-compare",
+                    upstream_url,
+                    proxy_core,
+                    args.workdir,
+                    mode="compare",
+                    passthrough_url=passthrough_url,
+                )
+            )
+            # Warm-up, not recorded: imports, pools, caches.
+            for relay in relays:
+                for scenario in scenario_list:
+                    run_wrk(
+                        relay.url,
+                        scenario,
+                        connections=args.connections,
+                        seconds=1,
+                        core=load_core,
+                        workdir=args.workdir,
+                    )
+            load = run_load(relays, scenario_list, args, load_core)
+            ttfb = run_ttfb(relays, scenario_list[1], args)
+            peak_rss = {relay.name: memory_kb(relay.pids(), "VmHWM") for relay in relays}
+        finally:
+            for relay in relays:
+                relay.stop()
+        multicore = {} if args.no_multicore else run_multicore(upstream_url, scenario_list[1], args)
+        upstream.stop()
+        passthrough.stop()
+        hold = run_hold(args, proxy_core, load_core)
+
+    results = summarise(
+        machine=machine(proxy_core, load_core),
+        settings={
+            "seconds": args.seconds,
+            "rounds": args.rounds,
+            "connections": args.connections,
+            "ttfb_requests": args.ttfb_requests,
+            "hold": args.hold,
+            "hold_secs": args.hold_secs,
+            "smoke": args.smoke,
+            "elapsed_secs": round(time.monotonic() - started, 1),
+        },
+        scenarios=[(s.name, s.title) for s in scenario_list],
+        load=load,
+        ttfb=ttfb,
+        peak_rss=peak_rss,
+        multicore=multicore,
+        hold=hold,
+    )
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    table = render_table(results)
+    (args.out / "results.md").write_text(table)
+    render_chart(results, args.out / "cpu_per_request.png")
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,259 @@
+"""Figures out of the raw runs: totals, ratios to nginx and the minimal relay, the bars;
+then a Markdown table and a PNG chart."""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import Any
+
+REFERENCES = ("nginx", "minimal")
+MEASURED = ("nginx", "minimal", "cc-proxy", "cc-proxy-compare")
+
+
+def _ratio(value: float | None, reference: float | None) -> float | None:
+    if value is None or not reference:
+        return None
+    return round(value / reference, 3)
+
+
+def _load_figures(rounds: list[dict[str, Any]], peak_rss_kb: int | None) -> dict[str, Any]:
+    requests = sum(r["requests"] for r in rounds)
+    seconds = sum(r["seconds"] for r in rounds)
+    measured = peak_rss_kb is not None
+    cpu = sum(r["cpu_seconds"] for r in rounds)
+    per_round = [r["cpu_seconds"] / r["requests"] * 1e6 for r in rounds if r["requests"]]
+    return {
+        "requests": requests,
+        "rps": round(requests / seconds, 1) if seconds else 0.0,
+        "p50_ms": round(statistics.median(r["p50_ms"] for r in rounds), 3),
+        "p99_ms": round(statistics.median(r["p99_ms"] for r in rounds), 3),
+        "errors": sum(r["socket_errors"] + r["status_errors"] for r in rounds),
+        "cpu_us_per_request": round(cpu / requests * 1e6, 1) if measured and requests else None,
+        "cpu_us_per_request_rounds": [round(v, 1) for v in per_round] if measured else [],
+        "peak_rss_mb": round(peak_rss_kb / 1024, 1) if peak_rss_kb else None,
+    }
+
+
+def summarise(
+    *,
+    machine: dict[str, Any],
+    settings: dict[str, Any],
+    scenarios: list[tuple[str, str]],
+    load: dict[str, dict[str, list[dict[str, Any]]]],
+    ttfb: dict[str, dict[str, list[dict[str, Any]]]],
+    peak_rss: dict[str, int],
+    multicore: dict[str, list[dict[str, Any]]],
+    hold: list[dict[str, Any]],
+) -> dict[str, Any]:
+    figures: dict[str, dict[str, Any]] = {}
+    for name, _ in scenarios:
+        figures[name] = {}
+        for relay, rounds in load[name].items():
+            figures[name][relay] = _load_figures(rounds, peak_rss.get(relay) or None)
+        for relay, row in figures[name].items():
+            if relay == "direct":
+                continue
+            for reference in REFERENCES:
+                base = figures[name].get(reference)
+                if base is None:
+                    continue
+                row[f"vs_{reference}"] = {
+                    key: _ratio(row[key], base[key])
+                    for key in ("cpu_us_per_request", "rps", "p50_ms", "peak_rss_mb")
+                }
+    first_byte: dict[str, dict[str, Any]] = {}
+    for key, by_relay in ttfb.items():
+        first_byte[key] = {}
+        direct = statistics.median(r["p50_ms"] for r in by_relay["direct"])
+        for relay, rounds in by_relay.items():
+            p50 = statistics.median(r["p50_ms"] for r in rounds)
+            first_byte[key][relay] = {
+                "p50_ms": round(p50, 3),
+                "p99_ms": round(statistics.median(r["p99_ms"] for r in rounds), 3),
+                "added_p50_ms": round(p50 - direct, 3),
+                "samples": sum(r["samples"] for r in rounds),
+            }
+    workers = {name: _load_figures(rounds, 1) for name, rounds in multicore.items()}
+    if len(workers) == 2:
+        one, two = workers.values()
+        gain = {"rps": _ratio(two["rps"], one["rps"])}
+    else:
+        gain = {}
+    results = {
+        "machine": machine,
+        "settings": settings,
+        "scenarios": dict(scenarios),
+        "load": figures,
+        "ttfb": first_byte,
+        "multicore": {"runs": workers, "gain": gain},
+        "hold": hold,
+    }
+    results["bars"] = bars(results)
+    return results
+
+
+def bars(results: dict[str, Any]) -> list[dict[str, Any]]:
+    load = results["load"]
+    found: list[dict[str, Any]] = []
+
+    def bar(name: str, measured: float | None, limit: float, unit: str, met: bool | None) -> None:
+        found.append(
+            {"bar": name, "measured": measured, "limit": limit, "unit": unit, "met": met}
+        )
+
+    for scenario in ("stream", "claude_code"):
+        cc = load.get(scenario, {}).get("cc-proxy", {})
+        ratio = cc.get("vs_nginx", {}).get("cpu_us_per_request")
+        bar(
+            f"CPU per streamed response vs nginx ({scenario})",
+            ratio,
+            1.0,
+            "x",
+            None if ratio is None else ratio <= 1.0,
+        )
+    cc = load.get("json", {}).get("cc-proxy", {})
+    ratio = cc.get("vs_minimal", {}).get("cpu_us_per_request")
+    bar(
+        "CPU per non-streamed request vs minimal relay",
+        ratio,
+        1.3,
+        "x",
+        None if ratio is None else ratio <= 1.3,
+    )
+    added = results["ttfb"].get("c1", {}).get("cc-proxy", {}).get("added_p50_ms")
+    bar("added time to first byte, c=1, p50", added, 1.0, "ms", None if added is None else added < 1)
+    for entry in results["hold"]:
+        met = entry["failed"] == 0 and entry["kb_per_stream"] <= 30
+        name = f"{entry['asked']} concurrent idle streams: RSS per stream, none failed"
+        if entry["capped_by_fd_limit"]:
+            name += f" (capped at {entry['opened'] + entry['failed']} by the fd limit)"
+        bar(name, round(entry["kb_per_stream"], 1), 30, "KB", met)
+    gain = results["multicore"]["gain"].get("rps")
+    bar("two workers: throughput gain over one", gain, 1.0, "x", None if gain is None else gain > 1)
+    return found
+
+
+def _cell(value: Any, digits: int = 1) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    return str(value)
+
+
+def render_table(results: dict[str, Any]) -> str:
+    machine = results["machine"]
+    settings = results["settings"]
+    lines = [
+        f"Machine: {machine['cpu']}, {machine['cores']} cores, Linux {machine['kernel']}, "
+        f"Python {machine['python']}; load average at the end "
+        f"{', '.join(f'{v:.2f}' for v in machine['load_average'])}.",
+        f"Pinning: {machine['pinning']}.",
+        f"Each figure: {settings['rounds']} rounds of {settings['seconds']:g} s per relay, "
+        f"relays taking turns; wrk -c{settings['connections']}. CPU is utime+stime of the "
+        "relay's processes from /proc, divided by the responses completed; the spread "
+        "column shows the per-round values (noise from other work on the box).",
+        "",
+    ]
+    for scenario, title in results["scenarios"].items():
+        lines += [
+            f"**{title}** (`{scenario}`)",
+            "",
+            "| relay | req/s | p50 ms | p99 ms | CPU µs/resp | per round | × nginx | × minimal "
+            "| peak RSS MB | errors |",
+            "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|",
+        ]
+        for relay, row in results["load"][scenario].items():
+            spread = " / ".join(f"{v:.0f}" for v in row["cpu_us_per_request_rounds"])
+            lines.append(
+                f"| {relay} | {_cell(row['rps'], 0)} | {_cell(row['p50_ms'], 2)} "
+                f"| {_cell(row['p99_ms'], 2)} | {_cell(row['cpu_us_per_request'], 0)} "
+                f"| {spread or '–'} "
+                f"| {_cell(row.get('vs_nginx', {}).get('cpu_us_per_request'), 2)} "
+                f"| {_cell(row.get('vs_minimal', {}).get('cpu_us_per_request'), 2)} "
+                f"| {_cell(row['peak_rss_mb'])} | {row['errors']} |"
+            )
+        lines.append("")
+    lines += [
+        "**Time to first byte** (streaming, 5 KB body; added = relay p50 − direct p50)",
+        "",
+        "| relay | c=1 p50 ms | c=1 added ms | c=1 p99 ms | c=50 p50 ms | c=50 added ms |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    ttfb = results["ttfb"]
+    for relay in ttfb.get("c1", {}):
+        one, fifty = ttfb["c1"][relay], ttfb["c50"][relay]
+        lines.append(
+            f"| {relay} | {one['p50_ms']:.3f} | {one['added_p50_ms']:.3f} | {one['p99_ms']:.3f} "
+            f"| {fifty['p50_ms']:.3f} | {fifty['added_p50_ms']:.3f} |"
+        )
+    lines.append("")
+    runs = results["multicore"]["runs"]
+    if runs:
+        lines += [
+            "**Two cores** (streaming; nothing pinned: proxy, load and upstream share both "
+            "cores)",
+            "",
+            "| cc-proxy | req/s | CPU µs/resp | errors |",
+            "|---|---:|---:|---:|",
+        ]
+        for name, row in runs.items():
+            lines.append(
+                f"| {name} | {_cell(row['rps'], 0)} | {_cell(row['cpu_us_per_request'], 0)} "
+                f"| {row['errors']} |"
+            )
+        lines.append("")
+    if results["hold"]:
+        lines += [
+            "**Concurrent idle streams** through one cc-proxy process (one event a second)",
+            "",
+            "| asked | held | failed | RSS before MB | RSS held MB | KB per stream | note |",
+            "|---:|---:|---:|---:|---:|---:|---|",
+        ]
+        for entry in results["hold"]:
+            note = (
+                f"capped by the fd limit ({entry['fd_limit']})"
+                if entry["capped_by_fd_limit"]
+                else ""
+            )
+            if entry["errors"]:
+                note += ("; " if note else "") + "; ".join(entry["errors"])
+            lines.append(
+                f"| {entry['asked']} | {entry['alive']} | {entry['failed']} "
+                f"| {entry['rss_before_kb'] / 1024:.1f} | {entry['rss_held_kb'] / 1024:.1f} "
+                f"| {entry['kb_per_stream']:.1f} | {note} |"
+            )
+        lines.append("")
+    lines += ["**Bars**", "", "| bar | measured | limit | met |", "|---|---:|---:|---|"]
+    for bar in results["bars"]:
+        met = {True: "yes", False: "**no**", None: "–"}[bar["met"]]
+        lines.append(
+            f"| {bar['bar']} | {_cell(bar['measured'], 2)} {bar['unit']} "
+            f"| {bar['limit']} {bar['unit']} | {met} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def render_chart(results: dict[str, Any], path: Path) -> None:
+    import matplotlib  # noqa: PLC0415 - only the report needs it
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    scenarios = list(results["scenarios"])
+    relays = [r for r in MEASURED if r in results["load"][scenarios[0]]]
+    width = 0.8 / len(relays)
+    figure, axes = plt.subplots(figsize=(9, 4.5), dpi=100)
+    for index, relay in enumerate(relays):
+        values = [results["load"][s][relay]["cpu_us_per_request"] or 0 for s in scenarios]
+        positions = [i + (index - (len(relays) - 1) / 2) * width for i in range(len(scenarios))]
+        bars = axes.bar(positions, values, width, label=relay)
+        axes.bar_label(bars, fmt="%.0f", fontsize=7)
+    axes.set_xticks(range(len(scenarios)), [results["scenarios"][s] for s in scenarios])
+    axes.set_ylabel("proxy CPU µs per response")
+    axes.set_title("CPU per response by relay (proxy pinned to one core; lower is better)")
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
