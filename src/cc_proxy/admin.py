@@ -131,6 +131,8 @@ def build_admin(gateway: Gateway) -> Starlette:
             {
                 "status": "ok",
                 "mode": gateway.modes.current.value,
+                "workers": settings.server.workers,
+                "worker": gateway.worker,
                 "allow_anthropic_only": settings.allow_anthropic_only,
                 "target": {
                     "url": redact_url(target.url if target else None),

@@ -22,6 +22,7 @@ from cc_proxy.proxy import REQUEST_ID_HEADER, ContentTracing, Proxy
 from cc_proxy.records import CompareRecorder
 from cc_proxy.shadow import Shadow
 from cc_proxy.shaping import PassthroughShaping, TargetShaping
+from cc_proxy.shared import SharedState
 from cc_proxy.stats import Stats
 from cc_proxy.thinking import TargetThinking, ThinkingSignatures
 from cc_proxy.upstream import Limiter, Upstream
@@ -74,22 +75,33 @@ def build_upstreams(settings: Settings) -> dict[str, Upstream]:
             # vLLM and SGLang check `Authorization: Bearer`; Anthropic-style servers
             # check `x-api-key`. The target's own key goes in both.
             credentials=[("x-api-key", key), ("authorization", f"Bearer {key}")] if key else [],
-            limiter=Limiter(target.max_concurrent, target.queue_wait_secs),
+            # Each worker keeps its share, so that all of them together stay within it.
+            limiter=Limiter(
+                max(1, target.max_concurrent // settings.server.workers), target.queue_wait_secs
+            ),
         )
     return upstreams
 
 
 class Gateway:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(
+        self, settings: Settings, shared: SharedState | None = None, worker: int = 0
+    ) -> None:
+        """`shared` holds the mode, tracing switch and counters of all workers (see
+        `cc_proxy.workers`); without it they are this process's own."""
         self.settings = settings
+        self.worker = worker
         self.modes = ModeSwitch(
             settings.default_mode,
             allow_anthropic_only=settings.allow_anthropic_only,
             has_target=settings.target.url is not None,
+            cell=shared.mode() if shared else None,
         )
         self.upstreams = build_upstreams(settings)
-        self.tracing = ContentTracing(settings.tracing.enabled)
-        self.stats = Stats()
+        self.tracing = ContentTracing(
+            settings.tracing.enabled, shared.tracing() if shared else None
+        )
+        self.stats = Stats(shared.counters(worker) if shared else None)
         self.records = CompareRecorder(settings.compare)
         self.observers = Observers([self.stats, AccessLog(), ContentLog(), self.records])
         self.otel: OtlpTracing | None = None

@@ -24,6 +24,7 @@ from cc_proxy.records import RecordStore
 from cc_proxy.report import parse_since, render_table, report_of
 from cc_proxy.server import configure_logging, serve
 from cc_proxy.standin import start_standin
+from cc_proxy.workers import serve_workers
 
 EPILOG = """\
 commands:
@@ -106,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
             return _compare_report(args)
         settings = _settings(args)
         configure_logging(settings.tracing.log_level)
-        return serve(settings)
+        return serve_workers(settings) if settings.server.workers > 1 else serve(settings)
     except ConfigError as error:
         for line in str(error).splitlines():
             print(f"cc-proxy: configuration error: {line}", file=sys.stderr)

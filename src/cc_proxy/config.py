@@ -112,6 +112,8 @@ class ServerSettings(_Section):
     # A client's request head must arrive within this, and its body never fall silent
     # for longer: a slow or lying client cannot hold a connection for ever.
     client_timeout_secs: float = Field(default=60.0, gt=0)
+    # Processes accepting on the listen address; they share the mode, tracing and stats.
+    workers: int = Field(default=1, ge=1, le=64)
 
 
 class TargetSettings(_Section):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+from cc_proxy.shared import Cell
+
 
 class Mode(StrEnum):
     TARGET = "target"
@@ -23,13 +25,27 @@ class ModeSwitch:
     """The mode new requests are routed by.
 
     A request reads the mode once, when it starts; a switch therefore applies to
-    requests that start after it, and streams in flight finish where they began.
+    requests that start after it, and streams in flight finish where they began. The mode
+    lives in a `Cell`, so that with several workers a switch reaches all of them.
     """
 
-    def __init__(self, initial: Mode, *, allow_anthropic_only: bool, has_target: bool) -> None:
+    def __init__(
+        self,
+        initial: Mode,
+        *,
+        allow_anthropic_only: bool,
+        has_target: bool,
+        cell: Cell | None = None,
+    ) -> None:
         self._allow_anthropic_only = allow_anthropic_only
         self._has_target = has_target
-        self.current = initial
+        # A shared cell was set to the initial mode before the workers started: a worker
+        # that starts late must not undo a switch another has made.
+        self._cell = cell if cell is not None else Cell(number_of(initial))
+
+    @property
+    def current(self) -> Mode:
+        return _MODES[self._cell.value]
 
     def switch(self, mode: Mode) -> None:
         if mode is Mode.ANTHROPIC_ONLY and not self._allow_anthropic_only:
@@ -44,4 +60,12 @@ class ModeSwitch:
                 "--target-url URL or CC_TARGET__URL",
                 409,
             )
-        self.current = mode
+        self._cell.value = number_of(mode)
+
+
+_MODES = tuple(Mode)
+
+
+def number_of(mode: Mode) -> int:
+    """The mode as the integer its `Cell` holds."""
+    return _MODES.index(mode)

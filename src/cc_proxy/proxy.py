@@ -24,6 +24,7 @@ from cc_proxy.modes import Mode, ModeSwitch
 from cc_proxy.relay import Sink, relay
 from cc_proxy.shadow import Shadow
 from cc_proxy.shaping import PassthroughShaping, TargetShaping
+from cc_proxy.shared import Cell
 from cc_proxy.upstream import Upstream, response_headers
 
 REQUEST_ID_HEADER = b"x-cc-proxy-request-id"
@@ -80,10 +81,20 @@ NO_SUCH_ENDPOINT = frozenset({404, 405, 501})
 
 
 class ContentTracing:
-    """Whether requests that start now have their content logged (PUT /api/tracing)."""
+    """Whether requests that start now have their content logged (PUT /api/tracing); in a
+    `Cell`, so that with several workers the switch reaches all of them."""
 
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
+    def __init__(self, enabled: bool, cell: Cell | None = None) -> None:
+        # A shared cell was set before the workers started (see `ModeSwitch`).
+        self._cell = cell if cell is not None else Cell(int(enabled))
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._cell.value)
+
+    @enabled.setter
+    def enabled(self, enabled: bool) -> None:
+        self._cell.value = int(enabled)
 
 
 class ClientGone(Exception):

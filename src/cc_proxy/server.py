@@ -28,12 +28,20 @@ def configure_logging(level: str) -> None:
     logging.getLogger("uvicorn.access").disabled = True
 
 
-def bind(listen_address: str) -> socket.socket:
-    host, port = parse_listen_address(listen_address)
+def bind(
+    listen_address: str, port: int | None = None, *, reuse_port: bool = False
+) -> socket.socket:
+    """A listening socket on `listen_address` (on `port` instead of its own, when given).
+    `reuse_port` lets several workers' sockets share the port, the kernel spreading the
+    connections among them."""
+    host, configured = parse_listen_address(listen_address)
+    port = configured if port is None else port
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host, port))
         sock.listen(2048)
     except OSError as exc:
@@ -101,17 +109,24 @@ def serve(settings: Settings, on_listening: Callable[[str], None] | None = None)
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, stop)
-    warn_if_exposed(settings)
-    url = url_of(sock)
-    log.info(
-        "cc-proxy listening on %s, mode %s, target %s, passthrough %s",
-        url,
-        gateway.modes.current.value,
-        "configured" if "target" in gateway.upstreams else "none",
-        redact_url(settings.passthrough.url),
-    )
-    if on_listening is not None:
-        on_listening(url)
+    announce(settings, url_of(sock), on_listening)
     server.run(sockets=[sock])
     log.info("cc-proxy stopped")
     return 0
+
+
+def announce(
+    settings: Settings, url: str, on_listening: Callable[[str], None] | None = None
+) -> None:
+    warn_if_exposed(settings)
+    workers = settings.server.workers
+    log.info(
+        "cc-proxy listening on %s, mode %s, target %s, passthrough %s%s",
+        url,
+        settings.default_mode.value,
+        "configured" if settings.target.url is not None else "none",
+        redact_url(settings.passthrough.url),
+        f", {workers} workers" if workers > 1 else "",
+    )
+    if on_listening is not None:
+        on_listening(url)
