@@ -10,6 +10,7 @@ round, so that a noisy neighbour weighs on all of them alike.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -181,9 +182,11 @@ def run_hold(args: argparse.Namespace, proxy_core: int, load_core: int) -> list[
         relay = start_cc_proxy(f"cc-proxy-hold-{asked}", upstream_url, proxy_core, args.workdir)
         try:
             port = int(relay.url.rsplit(":", 1)[1])
-            assert relay.process is not None
-            wait_for_port(port, relay.process)
-            result = hold_streams(port, count, args.hold_secs, lambda: memory_kb(relay.pids()))
+            process = relay.process
+            assert process is not None
+            wait_for_port(port, process)
+            rss = functools.partial(lambda p: memory_kb(p.pids()), process)
+            result = hold_streams(port, count, args.hold_secs, rss)
         finally:
             relay.stop()
             upstream.stop()

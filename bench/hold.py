@@ -97,7 +97,9 @@ async def _run(port: int, count: int, hold_secs: float, rss: Callable[[], int]) 
         peak = max(peak, rss())
     # Every held stream must have had events while all of them were open (one a second).
     alive = sum(
-        1 for stream, before in zip(streams, counts, strict=True) if stream.ok and stream.events > before
+        1
+        for stream, before in zip(streams, counts, strict=True)
+        if stream.ok and stream.events > before
     )
     stop.set()
     for stream in streams:
@@ -121,4 +123,3 @@ async def _run(port: int, count: int, hold_secs: float, rss: Callable[[], int]) 
 
 def hold_streams(port: int, count: int, hold_secs: float, rss: Callable[[], int]) -> HoldResult:
     return uvloop.run(_run(port, count, hold_secs, rss))
-

@@ -87,14 +87,14 @@ def run_wrk(
         str(script),
         url + scenario.path,
     ]
-    done = subprocess.run(  # noqa: S603 - wrk from PATH with our own arguments
+    done = subprocess.run(
         argv,
         capture_output=True,
         text=True,
         check=False,
         timeout=seconds + 60,
         env={"BENCH_BODY": str(scenario.body), "PATH": "/usr/bin:/bin"},
-        preexec_fn=pinned(core),  # noqa: PLW1509 - only sets the CPU affinity
+        preexec_fn=pinned(core),
     )
     for line in done.stdout.splitlines():
         if line.startswith("BENCH "):
@@ -113,11 +113,14 @@ def run_wrk(
 def _request(url: str, scenario: Scenario) -> tuple[str, int, bytes]:
     parts = urlsplit(url)
     body = scenario.body.read_bytes()
-    head = (
-        b"POST %b HTTP/1.1\r\nhost: %b\r\n%bcontent-length: %d\r\n\r\n"
-        % (scenario.path.encode(), parts.netloc.encode(), HEADERS, len(body))
+    head = b"POST %b HTTP/1.1\r\nhost: %b\r\n%bcontent-length: %d\r\n\r\n" % (
+        scenario.path.encode(),
+        parts.netloc.encode(),
+        HEADERS,
+        len(body),
     )
-    assert parts.hostname is not None and parts.port is not None
+    assert parts.hostname is not None
+    assert parts.port is not None
     return parts.hostname, parts.port, head + body
 
 

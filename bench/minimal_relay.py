@@ -1,6 +1,6 @@
 """The Python reference: a relay with no features, uvicorn raw ASGI + one aiohttp session.
 
-    python -m bench.minimal_relay --port PORT --upstream http://127.0.0.1:UPSTREAM
+python -m bench.minimal_relay --port PORT --upstream http://127.0.0.1:UPSTREAM
 """
 
 from __future__ import annotations

@@ -60,7 +60,8 @@ class Relay:
 
 
 def start_upstream(name: str, core: int | None, logs: Path, *args: str) -> tuple[Process, str]:
-    process = start(name, python("bench.upstream", "--port", "0", *args), core=core, log=logs / f"{name}.log")
+    argv = python("bench.upstream", "--port", "0", *args)
+    process = start(name, argv, core=core, log=logs / f"{name}.log")
     port = wait_for_line(process, "listening ")
     return process, f"http://127.0.0.1:{port}"
 

@@ -98,9 +98,7 @@ def bars(results: dict[str, Any]) -> list[dict[str, Any]]:
     found: list[dict[str, Any]] = []
 
     def bar(name: str, measured: float | None, limit: float, unit: str, met: bool | None) -> None:
-        found.append(
-            {"bar": name, "measured": measured, "limit": limit, "unit": unit, "met": met}
-        )
+        found.append({"bar": name, "measured": measured, "limit": limit, "unit": unit, "met": met})
 
     for scenario in ("stream", "claude_code"):
         cc = load.get(scenario, {}).get("cc-proxy", {})
@@ -122,7 +120,8 @@ def bars(results: dict[str, Any]) -> list[dict[str, Any]]:
         None if ratio is None else ratio <= 1.3,
     )
     added = results["ttfb"].get("c1", {}).get("cc-proxy", {}).get("added_p50_ms")
-    bar("added time to first byte, c=1, p50", added, 1.0, "ms", None if added is None else added < 1)
+    met = None if added is None else added < 1
+    bar("added time to first byte, c=1, p50", added, 1.0, "ms", met)
     for entry in results["hold"]:
         met = entry["failed"] == 0 and entry["kb_per_stream"] <= 30
         name = f"{entry['asked']} concurrent idle streams: RSS per stream, none failed"
@@ -192,8 +191,7 @@ def render_table(results: dict[str, Any]) -> str:
     runs = results["multicore"]["runs"]
     if runs:
         lines += [
-            "**Two cores** (streaming; nothing pinned: proxy, load and upstream share both "
-            "cores)",
+            "**Two cores** (streaming; nothing pinned: proxy, load and upstream share both cores)",
             "",
             "| cc-proxy | req/s | CPU µs/resp | errors |",
             "|---|---:|---:|---:|",
