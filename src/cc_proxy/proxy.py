@@ -7,7 +7,8 @@ Plain ASGI: this is the hot path for `/v1/messages` and every proxied path.
 from __future__ import annotations
 
 import asyncio
-import uuid
+import itertools
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -265,6 +266,10 @@ class Proxy:
         self.max_body_bytes = max_body_bytes
         self.client_timeout = client_timeout
         self.session: aiohttp.ClientSession | None = None  # opened with the event loop
+        # Request ids: 32 hex digits, a random per-process half and a counter, unique
+        # across restarts and workers. uuid4 cost a tenth of a small request's CPU.
+        self._id_prefix = os.urandom(8).hex()
+        self._id_counter = itertools.count()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         mode = self.modes.current  # read once: a switch applies to later requests
@@ -272,7 +277,7 @@ class Proxy:
         endpoint = endpoint_of(method, scope["path"])
         route = ROUTES[mode, endpoint]
         upstream = self.upstreams[route.upstream]
-        request_id = uuid.uuid4().hex
+        request_id = f"{self._id_prefix}{next(self._id_counter):016x}"
         exchange = Exchange(
             id=request_id,
             role=Role.PRIMARY,
