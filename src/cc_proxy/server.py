@@ -79,6 +79,8 @@ def uvicorn_server(gateway: Gateway) -> uvicorn.Server:
         # The upstream's own Server and Date headers are relayed unchanged.
         server_header=False,
         date_header=False,
+        # Client addresses are not used, so X-Forwarded-For needs no middleware per request.
+        proxy_headers=False,
         timeout_graceful_shutdown=math.ceil(gateway.settings.server.shutdown_grace_secs),
     )
     return uvicorn.Server(config)
