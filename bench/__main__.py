@@ -10,6 +10,7 @@ round, so that a noisy neighbour weighs on all of them alike.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import os
@@ -17,6 +18,7 @@ import platform
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -173,6 +175,8 @@ def run_multicore(
 
 def run_hold(args: argparse.Namespace, proxy_core: int, load_core: int) -> list[dict[str, Any]]:
     results: list[dict[str, Any]] = []
+    if not args.hold:
+        return results
     limit = raise_fd_limit(max(args.hold) * FDS_PER_STREAM + FD_RESERVE)
     for asked in args.hold:
         count = min(asked, (limit - FD_RESERVE) // FDS_PER_STREAM)
@@ -246,26 +250,34 @@ def main(argv: list[str] | None = None) -> int:
     proxy_core, load_core = cores()
     os.sched_setaffinity(0, {load_core})
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="cc-proxy-bench-") as workdir:
+    with (
+        tempfile.TemporaryDirectory(prefix="cc-proxy-bench-") as workdir,
+        contextlib.ExitStack() as upstreams,
+    ):
         args.workdir = Path(workdir)
         scenario_list = scenarios(args.workdir)
         upstream, upstream_url = start_upstream("upstream", load_core, args.workdir)
+        upstreams.callback(upstream.stop)
         passthrough, passthrough_url = start_upstream("passthrough", load_core, args.workdir)
+        upstreams.callback(passthrough.stop)
         relays = [Relay("direct", upstream_url, None)]
-        try:
-            relays.append(start_nginx(upstream_url, proxy_core, args.workdir))
-            relays.append(start_minimal(upstream_url, proxy_core, args.workdir))
-            relays.append(start_cc_proxy("cc-proxy", upstream_url, proxy_core, args.workdir))
-            relays.append(
-                start_cc_proxy(
+        with contextlib.ExitStack() as running:
+            starters: list[Callable[[], Relay]] = [
+                lambda: start_nginx(upstream_url, proxy_core, args.workdir),
+                lambda: start_minimal(upstream_url, proxy_core, args.workdir),
+                lambda: start_cc_proxy("cc-proxy", upstream_url, proxy_core, args.workdir),
+                lambda: start_cc_proxy(
                     "cc-proxy-compare",
                     upstream_url,
                     proxy_core,
                     args.workdir,
                     mode="compare",
                     passthrough_url=passthrough_url,
-                )
-            )
+                ),
+            ]
+            for start in starters:
+                relays.append(start())
+                running.callback(relays[-1].stop)
             # Warm-up, not recorded: imports, pools, caches.
             for relay in relays:
                 for scenario in scenario_list:
@@ -280,12 +292,8 @@ def main(argv: list[str] | None = None) -> int:
             load = run_load(relays, scenario_list, args, load_core)
             ttfb = run_ttfb(relays, scenario_list[1], args)
             peak_rss = {relay.name: memory_kb(relay.pids(), "VmHWM") for relay in relays}
-        finally:
-            for relay in relays:
-                relay.stop()
         multicore = {} if args.no_multicore else run_multicore(upstream_url, scenario_list[1], args)
-        upstream.stop()
-        passthrough.stop()
+        upstreams.close()
         hold = run_hold(args, proxy_core, load_core)
 
     results = summarise(
