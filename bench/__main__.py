@@ -42,6 +42,7 @@ from bench.report import render_chart, render_table, summarise
 FIXTURE = REPO / "tests" / "fixtures" / "claude-code-2.1.197" / "basic.json"
 # What a held stream costs the proxy besides its memory: two sockets (client, upstream).
 FDS_PER_STREAM = 2
+PARTS = ("relays", "multicore", "hold")
 FD_RESERVE = 100
 
 
@@ -155,6 +156,16 @@ def run_multicore(
     try:
         for relay in relays:
             found[relay.name] = []
+            if args.smoke:
+                continue
+            run_wrk(
+                relay.url,
+                scenario,
+                connections=args.connections,
+                seconds=1,
+                core=None,
+                workdir=args.workdir,
+            )  # warm-up, not recorded
         for _ in range(args.rounds):
             for relay in relays:
                 measured = _measure(
@@ -205,6 +216,53 @@ def run_hold(args: argparse.Namespace, proxy_core: int, load_core: int) -> list[
     return results
 
 
+def run_relays(
+    args: argparse.Namespace,
+    scenario_list: list[Scenario],
+    upstream_url: str,
+    passthrough_url: str,
+) -> tuple[
+    dict[str, dict[str, list[dict[str, Any]]]],
+    dict[str, dict[str, list[dict[str, Any]]]],
+    dict[str, int],
+]:
+    """The relays side by side: load scenarios, then time to first byte, then peak RSS."""
+    proxy_core, load_core = args.proxy_core, args.load_core
+    relays = [Relay("direct", upstream_url, None)]
+    with contextlib.ExitStack() as running:
+        starters: list[Callable[[], Relay]] = [
+            lambda: start_nginx(upstream_url, proxy_core, args.workdir),
+            lambda: start_minimal(upstream_url, proxy_core, args.workdir),
+            lambda: start_cc_proxy("cc-proxy", upstream_url, proxy_core, args.workdir),
+            lambda: start_cc_proxy(
+                "cc-proxy-compare",
+                upstream_url,
+                proxy_core,
+                args.workdir,
+                mode="compare",
+                passthrough_url=passthrough_url,
+            ),
+        ]
+        for start in starters:
+            relays.append(start())
+            running.callback(relays[-1].stop)
+        # Warm-up, not recorded: imports, pools, caches.
+        for relay in relays if not args.smoke else ():
+            for scenario in scenario_list:
+                run_wrk(
+                    relay.url,
+                    scenario,
+                    connections=args.connections,
+                    seconds=1,
+                    core=load_core,
+                    workdir=args.workdir,
+                )
+        load = run_load(relays, scenario_list, args, load_core)
+        ttfb = run_ttfb(relays, scenario_list[1], args)
+        peak_rss = {relay.name: memory_kb(relay.pids(), "VmHWM") for relay in relays}
+    return load, ttfb, peak_rss
+
+
 def _progress(what: str, figures: Any) -> None:
     print(f"bench: {what}: {figures}", file=sys.stderr, flush=True)
 
@@ -240,14 +298,20 @@ def main(argv: list[str] | None = None) -> int:
         "--hold", type=int, nargs="*", default=[1000, 10000], help="concurrent slow streams"
     )
     parser.add_argument("--hold-secs", type=float, default=5, help="how long they are held")
-    parser.add_argument("--no-multicore", action="store_true", help="skip the workers test")
+    parser.add_argument(
+        "--parts",
+        nargs="+",
+        choices=PARTS,
+        default=list(PARTS),
+        help="what to run: the relays side by side, one against two workers, idle streams",
+    )
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     args = parser.parse_args(argv)
     if args.smoke:
         args.seconds, args.rounds, args.ttfb_requests = 1, 1, 10
         args.hold, args.hold_secs = [50], 1.5
 
-    proxy_core, load_core = cores()
+    proxy_core, load_core = args.proxy_core, args.load_core = cores()
     os.sched_setaffinity(0, {load_core})
     started = time.monotonic()
     with (
@@ -260,41 +324,16 @@ def main(argv: list[str] | None = None) -> int:
         upstreams.callback(upstream.stop)
         passthrough, passthrough_url = start_upstream("passthrough", load_core, args.workdir)
         upstreams.callback(passthrough.stop)
-        relays = [Relay("direct", upstream_url, None)]
-        with contextlib.ExitStack() as running:
-            starters: list[Callable[[], Relay]] = [
-                lambda: start_nginx(upstream_url, proxy_core, args.workdir),
-                lambda: start_minimal(upstream_url, proxy_core, args.workdir),
-                lambda: start_cc_proxy("cc-proxy", upstream_url, proxy_core, args.workdir),
-                lambda: start_cc_proxy(
-                    "cc-proxy-compare",
-                    upstream_url,
-                    proxy_core,
-                    args.workdir,
-                    mode="compare",
-                    passthrough_url=passthrough_url,
-                ),
-            ]
-            for start in starters:
-                relays.append(start())
-                running.callback(relays[-1].stop)
-            # Warm-up, not recorded: imports, pools, caches.
-            for relay in relays:
-                for scenario in scenario_list:
-                    run_wrk(
-                        relay.url,
-                        scenario,
-                        connections=args.connections,
-                        seconds=1,
-                        core=load_core,
-                        workdir=args.workdir,
-                    )
-            load = run_load(relays, scenario_list, args, load_core)
-            ttfb = run_ttfb(relays, scenario_list[1], args)
-            peak_rss = {relay.name: memory_kb(relay.pids(), "VmHWM") for relay in relays}
-        multicore = {} if args.no_multicore else run_multicore(upstream_url, scenario_list[1], args)
+        load, ttfb, peak_rss = (
+            run_relays(args, scenario_list, upstream_url, passthrough_url)
+            if "relays" in args.parts
+            else ({}, {}, {})
+        )
+        multicore = (
+            run_multicore(upstream_url, scenario_list[1], args) if "multicore" in args.parts else {}
+        )
         upstreams.close()
-        hold = run_hold(args, proxy_core, load_core)
+        hold = run_hold(args, proxy_core, load_core) if "hold" in args.parts else []
 
     results = summarise(
         machine=machine(proxy_core, load_core),

@@ -48,6 +48,8 @@ def summarise(
 ) -> dict[str, Any]:
     figures: dict[str, dict[str, Any]] = {}
     for name, _ in scenarios:
+        if name not in load:
+            continue
         figures[name] = {}
         for relay, rounds in load[name].items():
             figures[name][relay] = _load_figures(rounds, peak_rss.get(relay) or None)
@@ -119,7 +121,7 @@ def bars(results: dict[str, Any]) -> list[dict[str, Any]]:
         "x",
         None if ratio is None else ratio <= 1.3,
     )
-    added = results["ttfb"].get("c1", {}).get("cc-proxy", {}).get("added_p50_ms")
+    added: float | None = results["ttfb"].get("c1", {}).get("cc-proxy", {}).get("added_p50_ms")
     met = None if added is None else added < 1
     bar("added time to first byte, c=1, p50", added, 1.0, "ms", met)
     for entry in results["hold"]:
@@ -156,6 +158,8 @@ def render_table(results: dict[str, Any]) -> str:
         "",
     ]
     for scenario, title in results["scenarios"].items():
+        if scenario not in results["load"]:
+            continue
         lines += [
             f"**{title}** (`{scenario}`)",
             "",
@@ -174,20 +178,21 @@ def render_table(results: dict[str, Any]) -> str:
                 f"| {_cell(row['peak_rss_mb'])} | {row['errors']} |"
             )
         lines.append("")
-    lines += [
-        "**Time to first byte** (streaming, 5 KB body; added = relay p50 − direct p50)",
-        "",
-        "| relay | c=1 p50 ms | c=1 added ms | c=1 p99 ms | c=50 p50 ms | c=50 added ms |",
-        "|---|---:|---:|---:|---:|---:|",
-    ]
     ttfb = results["ttfb"]
-    for relay in ttfb.get("c1", {}):
-        one, fifty = ttfb["c1"][relay], ttfb["c50"][relay]
-        lines.append(
-            f"| {relay} | {one['p50_ms']:.3f} | {one['added_p50_ms']:.3f} | {one['p99_ms']:.3f} "
-            f"| {fifty['p50_ms']:.3f} | {fifty['added_p50_ms']:.3f} |"
-        )
-    lines.append("")
+    if ttfb:
+        lines += [
+            "**Time to first byte** (streaming, 5 KB body; added = relay p50 − direct p50)",
+            "",
+            "| relay | c=1 p50 ms | c=1 added ms | c=1 p99 ms | c=50 p50 ms | c=50 added ms |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for relay in ttfb["c1"]:
+            one, fifty = ttfb["c1"][relay], ttfb["c50"][relay]
+            lines.append(
+                f"| {relay} | {one['p50_ms']:.3f} | {one['added_p50_ms']:.3f} "
+                f"| {one['p99_ms']:.3f} | {fifty['p50_ms']:.3f} | {fifty['added_p50_ms']:.3f} |"
+            )
+        lines.append("")
     runs = results["multicore"]["runs"]
     if runs:
         lines += [
@@ -239,7 +244,9 @@ def render_chart(results: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
-    scenarios = list(results["scenarios"])
+    scenarios = [s for s in results["scenarios"] if s in results["load"]]
+    if not scenarios:
+        return
     relays = [r for r in MEASURED if r in results["load"][scenarios[0]]]
     width = 0.8 / len(relays)
     figure, axes = plt.subplots(figsize=(9, 4.5), dpi=100)

@@ -1,0 +1,70 @@
+"""A few-second run of the benchmark harness (`python -m bench --smoke`), so that it
+cannot rot: nginx, wrk, the minimal relay and cc-proxy for real, on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+RELAYS = {"direct", "nginx", "minimal", "cc-proxy", "cc-proxy-compare"}
+SCENARIOS = {"json", "stream", "claude_code"}
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("bench")
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--smoke", "--out", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return out
+
+
+@pytest.mark.slow
+def test_every_relay_answers_every_scenario_without_errors(smoke: Path) -> None:
+    results = json.loads((smoke / "results.json").read_text())
+
+    assert set(results["load"]) == SCENARIOS
+    for scenario, relays in results["load"].items():
+        assert set(relays) == RELAYS, scenario
+        for relay, row in relays.items():
+            assert row["requests"] > 0, (scenario, relay)
+            assert row["errors"] == 0, (scenario, relay)
+            if relay != "direct":
+                assert row["cpu_us_per_request"] > 0, (scenario, relay)
+                assert row["vs_nginx"]["cpu_us_per_request"] > 0, (scenario, relay)
+
+
+@pytest.mark.slow
+def test_first_byte_two_workers_and_held_streams_are_measured(smoke: Path) -> None:
+    results = json.loads((smoke / "results.json").read_text())
+
+    assert set(results["ttfb"]) == {"c1", "c50"}
+    assert set(results["ttfb"]["c1"]) == RELAYS
+    assert all(row["samples"] > 0 for row in results["ttfb"]["c50"].values())
+    runs = results["multicore"]["runs"]
+    assert [run["requests"] > 0 and run["errors"] == 0 for run in runs.values()] == [True, True]
+    (held,) = results["hold"]
+    assert held["failed"] == 0
+    assert held["alive"] == held["asked"]
+    assert held["rss_held_kb"] > 0
+
+
+@pytest.mark.slow
+def test_writes_the_table_and_the_chart(smoke: Path) -> None:
+    table = (smoke / "results.md").read_text()
+
+    assert "Pinning: proxy under test on core" in table
+    assert "| cc-proxy |" in table
+    assert "**Bars**" in table
+    assert (smoke / "cpu_per_request.png").read_bytes().startswith(b"\x89PNG")
