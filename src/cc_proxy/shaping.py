@@ -109,6 +109,13 @@ def _signature(block: dict[str, Any]) -> str:
     return signature if isinstance(signature, str) else ""
 
 
+def exact_dumps(body: dict[str, Any]) -> bytes:
+    """`body` as JSON bytes of their exact size. orjson's bytes keep the capacity of its
+    write buffer (262 KB for a 76 KB Claude Code body), and an upstream-bound body is held
+    while the answer streams, for minutes."""
+    return bytes(memoryview(orjson.dumps(body)))
+
+
 @dataclass(frozen=True, slots=True)
 class TargetShaping:
     model: str | None
@@ -147,7 +154,7 @@ class TargetShaping:
     def shape(self, body: dict[str, Any], *, sampling: bool) -> bytes | None:
         """The target-bound bytes, or None when nothing needs to change."""
         shaped = self.shaped(body, sampling=sampling)
-        return None if shaped is None else orjson.dumps(shaped)
+        return None if shaped is None else exact_dumps(shaped)
 
     def shaped(self, body: dict[str, Any], *, sampling: bool) -> dict[str, Any] | None:
         """The target-bound body, or None when nothing needs to change."""
@@ -222,4 +229,4 @@ class PassthroughShaping:
         )
         if kept is messages:
             return None
-        return orjson.dumps({**body, "messages": kept})
+        return exact_dumps({**body, "messages": kept})
