@@ -15,6 +15,7 @@ import functools
 import json
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -33,6 +34,7 @@ from bench.procs import (
     cpu_seconds,
     fd_hard_limit,
     memory_kb,
+    pinned,
     raise_fd_limit,
     wait_for_port,
 )
@@ -114,6 +116,8 @@ def run_load(
         for round_ in range(args.rounds):
             shift = round_ % len(relays)
             for relay in relays[shift:] + relays[:shift]:
+                profiling = args.profile and round_ == 0 and relay.name == "cc-proxy"
+                profile = _profile(relay, scenario, args, load_core) if profiling else None
                 measured = _measure(
                     relay,
                     scenario,
@@ -122,9 +126,39 @@ def run_load(
                     load_core=load_core,
                     workdir=args.workdir,
                 )
+                if profile is not None:
+                    profile.wait(args.seconds + 30)
+                    measured["profiled"] = True  # py-spy's sampling weighs on this round
                 runs[scenario.name][relay.name].append(measured)
                 _progress(f"{scenario.name} round {round_ + 1}: {relay.name}", measured)
     return runs
+
+
+def _profile(
+    relay: Relay, scenario: Scenario, args: argparse.Namespace, load_core: int
+) -> subprocess.Popen[bytes]:
+    """py-spy samples cc-proxy for the length of one wrk run; a flame graph (SVG) goes
+    next to the results."""
+    assert relay.process is not None
+    args.out.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen(
+        [
+            str(Path(sys.executable).with_name("py-spy")),
+            "record",
+            "--pid",
+            str(relay.process.popen.pid),
+            "--duration",
+            str(max(1, round(args.seconds))),
+            "--rate",
+            "250",
+            "--nonblocking",
+            "--output",
+            str(args.out / f"profile-{scenario.name}.svg"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        preexec_fn=pinned(load_core),  # noqa: PLW1509 - only sets the CPU affinity
+    )
 
 
 def run_ttfb(
@@ -304,6 +338,11 @@ def main(argv: list[str] | None = None) -> int:
         choices=PARTS,
         default=list(PARTS),
         help="what to run: the relays side by side, one against two workers, idle streams",
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="py-spy flame graph of cc-proxy per scenario (profile-*.svg; needs the bench extra)",
     )
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     args = parser.parse_args(argv)
