@@ -201,6 +201,13 @@ def render_table(results: dict[str, Any]) -> str:
             "| cc-proxy | req/s | CPU µs/resp | errors |",
             "|---|---:|---:|---:|",
         ]
+        if (results["machine"]["cores"] or 0) < 4:
+            lines[-2:-2] = [
+                f"Only {results['machine']['cores']} cores: wrk and the upstream need about "
+                "one of them, so a second worker has little room here; the figure means "
+                "something where they have cores of their own (four or more).",
+                "",
+            ]
         for name, row in runs.items():
             lines.append(
                 f"| {name} | {_cell(row['rps'], 0)} | {_cell(row['cpu_us_per_request'], 0)} "
