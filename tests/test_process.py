@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import resource
 import signal
 import socket
 import subprocess
@@ -554,3 +555,20 @@ def test_demo_serves_on_until_ctrl_c_and_then_exits_0(launch: Any) -> None:
     assert httpx.get(f"{url.group(1)}/api/stats", timeout=WAIT).json()["total_requests"] == 1
     assert demo.stop(signal.SIGINT) == 0
     assert "Traceback" not in demo.output()
+
+
+def test_raises_its_open_files_limit_to_the_hard_one(launch: Any, target: ScriptedUpstream) -> None:
+    """Each stream holds two sockets: a soft limit of 256 would cap it near 128 streams."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(256, hard), hard))
+    try:
+        gateway: GatewayProcess = launch(
+            ["--target-url", target.url], gateway_env(CC_SERVER__LISTEN_ADDRESS="127.0.0.1:0")
+        )
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    gateway.listening()
+
+    limits = Path(f"/proc/{gateway.proc.pid}/limits").read_text()
+    (line,) = [line for line in limits.splitlines() if line.startswith("Max open files")]
+    assert line.split()[3:5] == [str(hard), str(hard)]

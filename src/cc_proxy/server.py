@@ -3,9 +3,11 @@ log names the real port even when the configuration asks for port 0."""
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import math
+import resource
 import signal
 import socket
 from collections.abc import Callable
@@ -31,6 +33,19 @@ def configure_logging(level: str) -> None:
     logging.logMultiprocessing = False
     # Our access line per exchange says more than uvicorn's.
     logging.getLogger("uvicorn.access").disabled = True
+
+
+def raise_open_files_limit() -> int:
+    """The soft limit of open files up to the hard one; returns the limit in force.
+
+    Every stream holds two sockets (client and upstream), and the usual soft limit of
+    1024 would cap the gateway near 500 streams, where the hard limit allows far more.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
 def bind(
@@ -103,6 +118,7 @@ def warn_if_exposed(settings: Settings) -> None:
 
 def serve(settings: Settings, on_listening: Callable[[str], None] | None = None) -> int:
     """Run the gateway until SIGTERM or SIGINT; streams in flight get the grace period."""
+    raise_open_files_limit()
     gateway = Gateway(settings)
     sock = bind(settings.server.listen_address)
     server = uvicorn_server(gateway)

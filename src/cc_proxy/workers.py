@@ -23,7 +23,7 @@ from types import FrameType
 from cc_proxy.app import Gateway
 from cc_proxy.config import Settings
 from cc_proxy.modes import number_of
-from cc_proxy.server import announce, bind, url_of, uvicorn_server
+from cc_proxy.server import announce, bind, raise_open_files_limit, url_of, uvicorn_server
 from cc_proxy.shared import SharedState
 from cc_proxy.stats import WIDTH
 
@@ -75,6 +75,7 @@ def _run_worker(settings: Settings, state: SharedState, index: int, sock: socket
 
 def serve_workers(settings: Settings, on_listening: Callable[[str], None] | None = None) -> int:
     count = settings.server.workers
+    raise_open_files_limit()  # before the fork: every worker inherits it
     sockets = bind_all(settings.server.listen_address, count)
     url = url_of(sockets[0])
     state = shared_state(settings)
