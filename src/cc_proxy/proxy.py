@@ -24,7 +24,7 @@ from cc_proxy.exchange import Exchange, Observers, Outcome, Role
 from cc_proxy.modes import Mode, ModeSwitch
 from cc_proxy.relay import Sink, relay
 from cc_proxy.shadow import Shadow
-from cc_proxy.shaping import PassthroughShaping, TargetShaping
+from cc_proxy.shaping import PassthroughShaping, TargetShaping, exact_dumps
 from cc_proxy.shared import Cell
 from cc_proxy.upstream import Upstream, response_headers
 
@@ -327,7 +327,7 @@ class Proxy:
         if route.shape:
             shaped = self.shaping.shaped(body, sampling=endpoint is Endpoint.MESSAGES)
             if shaped is not None:
-                raw = orjson.dumps(shaped)
+                raw = exact_dumps(shaped)
                 exchange.request = shaped
                 exchange.model = self.shaping.model or exchange.model
         elif route.strip_target_thinking:
@@ -336,10 +336,6 @@ class Proxy:
         exchange.request_body = raw  # as the upstream gets it
         if route.shadow:
             self.shadow.send(scope, exchange, body)
-        if not route.estimate:
-            # The parsed request takes twice its size in bytes (164 KB for a 78 KB Claude
-            # Code body) and is of no more use while the answer streams.
-            body = {}
 
         assert self.session is not None, "the client session opens at start-up"
         headers = upstream.request_headers(scope["headers"], identity=exchange.is_messages)
