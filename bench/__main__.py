@@ -84,26 +84,39 @@ def scenarios(workdir: Path) -> list[Scenario]:
 
 
 def _measure(
-    relay: Relay,
-    scenario: Scenario,
-    *,
-    connections: int,
-    seconds: float,
-    load_core: int | None,
-    workdir: Path,
+    relay: Relay, scenario: Scenario, args: argparse.Namespace, load_core: int | None
 ) -> dict[str, Any]:
+    """One wrk run against `relay`, with the CPU its processes used meanwhile."""
     pids = relay.pids()
     before = cpu_seconds(pids)
     result = run_wrk(
         relay.url,
         scenario,
-        connections=connections,
-        seconds=seconds,
+        connections=args.connections,
+        seconds=args.seconds,
         core=load_core,
-        workdir=workdir,
+        workdir=args.workdir,
     )
     cpu = cpu_seconds(pids) - before
     return {**asdict(result), "rps": result.rps, "cpu_seconds": cpu}
+
+
+def _warm_up(
+    relays: list[Relay], scenarios: list[Scenario], args: argparse.Namespace, core: int | None
+) -> None:
+    """A second of each scenario, not recorded: imports, pools, caches. Not in a smoke run."""
+    if args.smoke:
+        return
+    for relay in relays:
+        for scenario in scenarios:
+            run_wrk(
+                relay.url,
+                scenario,
+                connections=args.connections,
+                seconds=1,
+                core=core,
+                workdir=args.workdir,
+            )
 
 
 def run_load(
@@ -118,14 +131,7 @@ def run_load(
             for relay in relays[shift:] + relays[:shift]:
                 profiling = args.profile and round_ == 0 and relay.name == "cc-proxy"
                 profile = _profile(relay, scenario, args, load_core) if profiling else None
-                measured = _measure(
-                    relay,
-                    scenario,
-                    connections=args.connections,
-                    seconds=args.seconds,
-                    load_core=load_core,
-                    workdir=args.workdir,
-                )
+                measured = _measure(relay, scenario, args, load_core)
                 if profile is not None:
                     profile.wait(args.seconds + 30)
                     measured["profiled"] = True  # py-spy's sampling weighs on this round
@@ -188,28 +194,11 @@ def run_multicore(
         start_cc_proxy("cc-proxy-2-workers", upstream_url, None, args.workdir, workers=2),
     ]
     try:
-        for relay in relays:
-            found[relay.name] = []
-            if args.smoke:
-                continue
-            run_wrk(
-                relay.url,
-                scenario,
-                connections=args.connections,
-                seconds=1,
-                core=None,
-                workdir=args.workdir,
-            )  # warm-up, not recorded
+        found = {relay.name: [] for relay in relays}
+        _warm_up(relays, [scenario], args, None)
         for _ in range(args.rounds):
             for relay in relays:
-                measured = _measure(
-                    relay,
-                    scenario,
-                    connections=args.connections,
-                    seconds=args.seconds,
-                    load_core=None,
-                    workdir=args.workdir,
-                )
+                measured = _measure(relay, scenario, args, None)
                 found[relay.name].append(measured)
                 _progress(f"multicore: {relay.name}", measured)
     finally:
@@ -280,17 +269,7 @@ def run_relays(
         for start in starters:
             relays.append(start())
             running.callback(relays[-1].stop)
-        # Warm-up, not recorded: imports, pools, caches.
-        for relay in relays if not args.smoke else ():
-            for scenario in scenario_list:
-                run_wrk(
-                    relay.url,
-                    scenario,
-                    connections=args.connections,
-                    seconds=1,
-                    core=load_core,
-                    workdir=args.workdir,
-                )
+        _warm_up(relays, scenario_list, args, load_core)
         load = run_load(relays, scenario_list, args, load_core)
         ttfb = run_ttfb(relays, scenario_list[1], args)
         peak_rss = {relay.name: memory_kb(relay.pids(), "VmHWM") for relay in relays}
