@@ -103,6 +103,8 @@ def start_cc_proxy(
         "CC_DEFAULT_MODE": mode,
         # The limiter is not what is measured: room for every connection of the load.
         "CC_TARGET__MAX_CONCURRENT": "20000",
+        # compare mode's records, in the run's own folder
+        "CC_COMPARE__DB_PATH": str(logs / f"{name}-compare.db"),
     }
     if passthrough_url is not None:
         env["CC_PASSTHROUGH__URL"] = passthrough_url
