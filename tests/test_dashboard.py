@@ -1,0 +1,161 @@
+"""`GET /ui` in a real browser: Debian's Chromium, headless, driven by Playwright.
+
+The browser is the system's (`apt-get install chromium`, done by .ci/run); Playwright's
+own browser download is never used.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from cc_proxy.standin import answer
+from conftest import CLIENT_KEY, GatewayFactory
+from harness import RunningGateway, wait_until
+
+CHROMIUM = "/usr/bin/chromium"
+# Without the background-networking switches Chromium reaches out at start-up (updates,
+# sync, field trials), which a closed network refuses.
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+WAIT_MS = 20_000  # an upper bound for the page to catch up, never a timing expectation
+ADMIN_TOKEN = "ui-admin-token-7d2a"
+TOOLS = [{"name": "Bash", "description": "run", "input_schema": {"type": "object"}}]
+ASK: dict[str, Any] = {
+    "model": "claude-sonnet-4-5",
+    "max_tokens": 64,
+    "stream": True,
+    "tools": TOOLS,
+    "messages": [{"role": "user", "content": "list the files"}],
+}
+
+expect.set_options(timeout=WAIT_MS)
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Browser]:
+    if shutil.which(CHROMIUM) is None:
+        message = f"{CHROMIUM} is missing: apt-get install chromium (.ci/run does)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    opened = context.new_page()
+    script_errors: list[str] = []
+    opened.on("pageerror", lambda error: script_errors.append(str(error)))
+    yield opened
+    context.close()
+    assert script_errors == []
+
+
+def post(gateway: RunningGateway, body: dict[str, Any]) -> httpx.Response:
+    headers = {"x-api-key": CLIENT_KEY, "content-type": "application/json"}
+    return httpx.post(
+        gateway.url + "/v1/messages", content=orjson.dumps(body), headers=headers, timeout=30
+    )
+
+
+def mode_of(gateway: RunningGateway) -> str:
+    mode: str = httpx.get(gateway.url + "/api/mode", timeout=30).json()["mode"]
+    return mode
+
+
+def open_dashboard(page: Page, gateway: RunningGateway) -> None:
+    page.goto(gateway.url + "/ui")
+    expect(page.locator("#connection")).to_have_text("live")
+
+
+def test_a_click_switches_the_mode(page: Page, gateway: RunningGateway) -> None:
+    open_dashboard(page, gateway)
+    expect(page.locator("#mode")).to_have_text("target")
+    page.click("#mode-switch button[data-mode=compare]")
+    assert wait_until(lambda: mode_of(gateway) == "compare", timeout=WAIT_MS / 1000)
+    expect(page.locator("#mode")).to_have_text("compare")
+    expect(page.locator("#notice")).to_contain_text("Mode switched to compare")
+    expect(page.locator("#mode-switch button.current")).to_have_text("compare")
+
+
+def test_the_page_follows_a_switch_made_elsewhere(page: Page, gateway: RunningGateway) -> None:
+    open_dashboard(page, gateway)
+    httpx.put(gateway.url + "/api/mode", json={"mode": "compare"}).raise_for_status()
+    expect(page.locator("#mode")).to_have_text("compare")
+
+
+def test_counters_sparklines_and_recent_requests_move_after_a_request(
+    page: Page, gateway: RunningGateway
+) -> None:
+    open_dashboard(page, gateway)
+    expect(page.locator("[data-counter=total_requests]")).to_have_text("0")
+    resp = post(gateway, ASK)
+    assert resp.status_code == 200
+    usage = answer({**ASK, "model": "glm-5"})["usage"]
+    expect(page.locator("[data-counter=total_requests]")).to_have_text("1")
+    expect(page.locator("[data-counter=tool_calls]")).to_have_text("1")
+    expect(page.locator("[data-counter=output_tokens]")).to_have_text(str(usage["output_tokens"]))
+    request_id = resp.headers["x-cc-proxy-request-id"]
+    row = page.locator(f"#recent tr[data-id='{request_id}']")
+    expect(row).to_contain_text("claude-sonnet-4-5 → glm-5")
+    expect(row).to_contain_text("tool_use")
+    target = page.locator("article.upstream[data-upstream=target]")
+    expect(target.locator(".spark .figure").first).to_have_text("1")
+    expect(target.locator("svg.sparkline polyline").first).to_be_attached()
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=ARTIFACTS / "dashboard.png", full_page=True)
+
+
+def test_a_refused_switch_is_explained(page: Page, gateway: RunningGateway) -> None:
+    open_dashboard(page, gateway)
+    page.click("#mode-switch button[data-mode=anthropic-only]")
+    notice = page.locator("#notice")
+    expect(notice).to_contain_text("refused (403)")
+    expect(notice).to_contain_text("--allow-anthropic-only")
+    assert mode_of(gateway) == "target"
+    expect(page.locator("#mode")).to_have_text("target")
+
+
+def test_the_admin_token_is_asked_for_and_sent(
+    page: Page, start_gateway: GatewayFactory
+) -> None:
+    gateway = start_gateway(server={"admin_token": ADMIN_TOKEN})
+    open_dashboard(page, gateway)
+    page.click("#mode-switch button[data-mode=compare]")
+    expect(page.locator("#notice")).to_contain_text("refused (401)")
+    expect(page.locator("#notice")).to_contain_text("CC_SERVER__ADMIN_TOKEN")
+    assert mode_of(gateway) == "target"
+    page.fill("#admin-token", ADMIN_TOKEN)
+    page.click("#mode-switch button[data-mode=compare]")
+    expect(page.locator("#notice")).to_contain_text("Mode switched to compare")
+    assert mode_of(gateway) == "compare"
+
+
+def test_the_compare_view_says_when_records_are_not_available(
+    page: Page, gateway: RunningGateway
+) -> None:
+    open_dashboard(page, gateway)
+    expect(page.locator("#compare-status")).to_contain_text("not available")
+    expect(page.locator("#compare-list")).to_be_hidden()
