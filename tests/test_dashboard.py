@@ -138,9 +138,7 @@ def test_a_refused_switch_is_explained(page: Page, gateway: RunningGateway) -> N
     expect(page.locator("#mode")).to_have_text("target")
 
 
-def test_the_admin_token_is_asked_for_and_sent(
-    page: Page, start_gateway: GatewayFactory
-) -> None:
+def test_the_admin_token_is_asked_for_and_sent(page: Page, start_gateway: GatewayFactory) -> None:
     gateway = start_gateway(server={"admin_token": ADMIN_TOKEN})
     open_dashboard(page, gateway)
     page.click("#mode-switch button[data-mode=compare]")

@@ -8,7 +8,7 @@ gateway that runs for months holds no more than one that just started.
 from __future__ import annotations
 
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -74,11 +74,11 @@ class Activity(Observer):
         self._recent: deque[dict[str, Any]] = deque(maxlen=RECENT_SIZE)
         # upstream -> bucket number (start time // SERIES_BUCKET_SECS) -> figures
         self._series: dict[str, dict[int, _Bucket]] = {name: {} for name in upstreams}
-        self._in_flight = dict.fromkeys(self._series, 0)
+        self._in_flight: Counter[str] = Counter()
 
     def on_start(self, exchange: Exchange) -> None:
         if exchange.outcome is not Outcome.DROPPED:
-            self._in_flight[exchange.upstream] = self._in_flight.get(exchange.upstream, 0) + 1
+            self._in_flight[exchange.upstream] += 1
 
     def on_end(self, exchange: Exchange) -> None:
         now = self._clock()
@@ -95,7 +95,7 @@ class Activity(Observer):
             for old in [n for n in buckets if n <= number - SERIES_BUCKETS]:
                 del buckets[old]
         bucket.requests += 1
-        bucket.errors += exchange.failed and exchange.outcome is not Outcome.CLIENT_GONE
+        bucket.errors += int(exchange.failed and exchange.outcome is not Outcome.CLIENT_GONE)
         bucket.input_tokens += exchange.usage.input_tokens
         bucket.output_tokens += exchange.usage.output_tokens
         if exchange.ttft_ms is not None:
@@ -114,7 +114,7 @@ class Activity(Observer):
         for name, buckets in self._series.items():
             row = [buckets.get(n) or _Bucket() for n in numbers]
             upstreams[name] = {
-                "in_flight": self._in_flight.get(name, 0),
+                "in_flight": self._in_flight[name],
                 "requests": [b.requests for b in row],
                 "errors": [b.errors for b in row],
                 "input_tokens": [b.input_tokens for b in row],
