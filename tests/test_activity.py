@@ -5,13 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
-import orjson
 
 from cc_proxy.activity import RECENT_SIZE, SERIES_BUCKET_SECS, SERIES_BUCKETS, Activity
 from cc_proxy.exchange import Exchange, Outcome, Role
 from cc_proxy.modes import Mode
 from cc_proxy.standin import answer
-from conftest import CLIENT_KEY, GatewayFactory
+from conftest import GatewayFactory, post_messages
 from harness import RunningGateway, ScriptedUpstream, wait_until
 
 ASK: dict[str, Any] = {
@@ -22,13 +21,6 @@ ASK: dict[str, Any] = {
 }
 
 
-def post(gateway: RunningGateway, body: dict[str, Any]) -> httpx.Response:
-    headers = {"x-api-key": CLIENT_KEY, "content-type": "application/json"}
-    return httpx.post(
-        gateway.url + "/v1/messages", content=orjson.dumps(body), headers=headers, timeout=30
-    )
-
-
 def get(gateway: RunningGateway, path: str) -> Any:
     resp = httpx.get(gateway.url + path, timeout=30)
     assert resp.status_code == 200, resp.text
@@ -36,8 +28,8 @@ def get(gateway: RunningGateway, path: str) -> Any:
 
 
 def test_recent_lists_ended_exchanges_newest_first(gateway: RunningGateway) -> None:
-    first = post(gateway, ASK)
-    second = post(gateway, {**ASK, "stream": False})
+    first = post_messages(gateway.url, ASK)
+    second = post_messages(gateway.url, {**ASK, "stream": False})
     listed = get(gateway, "/api/recent")["exchanges"]
     assert [x["id"] for x in listed] == [
         second.headers["x-cc-proxy-request-id"],
@@ -58,7 +50,7 @@ def test_recent_shows_the_shadow_copy_with_the_same_id(
     start_gateway: GatewayFactory, target: ScriptedUpstream
 ) -> None:
     gateway = start_gateway(default_mode="compare")
-    request_id = post(gateway, ASK).headers["x-cc-proxy-request-id"]
+    request_id = post_messages(gateway.url, ASK).headers["x-cc-proxy-request-id"]
     assert wait_until(lambda: target.completed == 1)
     assert wait_until(lambda: len(get(gateway, "/api/recent")["exchanges"]) == 2)
     listed = get(gateway, "/api/recent")["exchanges"]
@@ -77,7 +69,7 @@ def test_recent_refuses_a_limit_out_of_range(gateway: RunningGateway) -> None:
 
 def test_series_count_requests_and_tokens_per_upstream(gateway: RunningGateway) -> None:
     for _ in range(3):
-        assert post(gateway, ASK).status_code == 200
+        assert post_messages(gateway.url, ASK).status_code == 200
     series = get(gateway, "/api/series")
     assert series["bucket_secs"] == SERIES_BUCKET_SECS
     assert set(series["upstreams"]) == {"target", "passthrough"}

@@ -13,12 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import orjson
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from cc_proxy.standin import answer
-from conftest import CLIENT_KEY, GatewayFactory
+from conftest import GatewayFactory, post_messages
 from harness import RunningGateway, wait_until
 
 CHROMIUM = "/usr/bin/chromium"
@@ -73,13 +72,6 @@ def page(browser: Browser) -> Iterator[Page]:
     assert script_errors == []
 
 
-def post(gateway: RunningGateway, body: dict[str, Any]) -> httpx.Response:
-    headers = {"x-api-key": CLIENT_KEY, "content-type": "application/json"}
-    return httpx.post(
-        gateway.url + "/v1/messages", content=orjson.dumps(body), headers=headers, timeout=30
-    )
-
-
 def mode_of(gateway: RunningGateway) -> str:
     mode: str = httpx.get(gateway.url + "/api/mode", timeout=30).json()["mode"]
     return mode
@@ -111,7 +103,7 @@ def test_counters_sparklines_and_recent_requests_move_after_a_request(
 ) -> None:
     open_dashboard(page, gateway)
     expect(page.locator("[data-counter=total_requests]")).to_have_text("0")
-    resp = post(gateway, ASK)
+    resp = post_messages(gateway.url, ASK)
     assert resp.status_code == 200
     usage = answer({**ASK, "model": "glm-5"})["usage"]
     expect(page.locator("[data-counter=total_requests]")).to_have_text("1")

@@ -5,11 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
-import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
 from cc_proxy.standin import answer
-from conftest import CLIENT_KEY, GatewayFactory
+from conftest import GatewayFactory, post_messages
 from harness import Reply, RunningGateway, ScriptedUpstream, wait_until
 
 TOOLS = [{"name": "Bash", "description": "run", "input_schema": {"type": "object"}}]
@@ -18,12 +17,6 @@ ASK: dict[str, Any] = {
     "max_tokens": 64,
     "messages": [{"role": "user", "content": "list the files"}],
 }
-
-
-def post(gateway: RunningGateway, body: dict[str, Any] | bytes) -> httpx.Response:
-    content = body if isinstance(body, bytes) else orjson.dumps(body)
-    headers = {"x-api-key": CLIENT_KEY, "content-type": "application/json"}
-    return httpx.post(gateway.url + "/v1/messages", content=content, headers=headers, timeout=30)
 
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -53,8 +46,8 @@ def label_values(samples: Samples, name: str, label: str) -> set[str]:
 def test_requests_tokens_and_tool_calls_match_what_was_sent(gateway: RunningGateway) -> None:
     streamed = {**ASK, "stream": True, "tools": TOOLS}
     plain = {**ASK, "messages": [{"role": "user", "content": "say something longer, please"}]}
-    assert post(gateway, streamed).status_code == 200
-    assert post(gateway, plain).status_code == 200
+    assert post_messages(gateway.url, streamed).status_code == 200
+    assert post_messages(gateway.url, plain).status_code == 200
     sent = [answer({**streamed, "model": "glm-5"}), answer({**plain, "model": "glm-5"})]
     samples = scrape(gateway)
     assert (
@@ -86,7 +79,7 @@ def test_client_model_names_become_a_bounded_set_of_labels(
 ) -> None:
     gateway = start_gateway(default_mode="anthropic-only", allow_anthropic_only=True)
     for model in ("claude-sonnet-4-5-20250929", "claude-3-5-haiku-latest", "gpt-<script>"):
-        assert post(gateway, {**ASK, "model": model}).status_code == 200
+        assert post_messages(gateway.url, {**ASK, "model": model}).status_code == 200
     samples = scrape(gateway)
     models = label_values(samples, "cc_proxy_requests_total", "model")
     assert models == {"claude-sonnet", "claude-haiku", "other"}
@@ -97,8 +90,8 @@ def test_client_model_names_become_a_bounded_set_of_labels(
 def test_errors_are_counted_by_type(gateway: RunningGateway, target: ScriptedUpstream) -> None:
     overloaded = {"type": "error", "error": {"type": "overloaded_error", "message": "busy"}}
     target.queue(Reply.json(overloaded, status=529))
-    assert post(gateway, ASK).status_code == 529
-    assert post(gateway, b"not json").status_code == 400
+    assert post_messages(gateway.url, ASK).status_code == 529
+    assert post_messages(gateway.url, b"not json").status_code == 400
     samples = scrape(gateway)
     assert value(samples, "cc_proxy_errors_total", type="overloaded_error") == 1
     assert value(samples, "cc_proxy_errors_total", type="invalid_request_error") == 1
@@ -109,7 +102,7 @@ def test_errors_are_counted_by_type(gateway: RunningGateway, target: ScriptedUps
 
 def test_an_unreachable_upstream_is_counted_as_its_outcome(start_gateway: GatewayFactory) -> None:
     gateway = start_gateway(target={"url": "http://127.0.0.1:9"})
-    assert post(gateway, ASK).status_code == 502
+    assert post_messages(gateway.url, ASK).status_code == 502
     samples = scrape(gateway)
     assert value(samples, "cc_proxy_errors_total", upstream="target", type="unreachable") == 1
 
@@ -119,9 +112,9 @@ def test_shadow_drops_and_limiter_saturation_are_shown(
 ) -> None:
     gateway = start_gateway(default_mode="compare", target={"max_concurrent": 1})
     target.queue(Reply.hang())  # the first shadow holds the only slot
-    assert post(gateway, ASK).status_code == 200
+    assert post_messages(gateway.url, ASK).status_code == 200
     assert wait_until(lambda: len(target.seen) == 1)
-    assert post(gateway, ASK).status_code == 200
+    assert post_messages(gateway.url, ASK).status_code == 200
     samples = scrape(gateway)
     assert value(samples, "cc_proxy_shadow_dropped_total") == 1
     assert value(samples, "cc_proxy_limiter_capacity", upstream="target") == 1
@@ -144,6 +137,6 @@ def test_two_gateways_in_one_process_keep_their_own_figures(
     start_gateway: GatewayFactory,
 ) -> None:
     first, second = start_gateway(), start_gateway()
-    assert post(first, ASK).status_code == 200
+    assert post_messages(first.url, ASK).status_code == 200
     assert value(scrape(first), "cc_proxy_requests_total") == 1
     assert value(scrape(second), "cc_proxy_requests_total") == 0
