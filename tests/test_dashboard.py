@@ -18,7 +18,7 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from cc_proxy.standin import answer
 from conftest import GatewayFactory, post_messages
-from harness import RunningGateway, wait_until
+from harness import RunningGateway, ScriptedUpstream, wait_until
 
 CHROMIUM = "/usr/bin/chromium"
 # Without the background-networking switches Chromium reaches out at start-up (updates,
@@ -80,6 +80,21 @@ def mode_of(gateway: RunningGateway) -> str:
 def open_dashboard(page: Page, gateway: RunningGateway) -> None:
     page.goto(gateway.url + "/ui")
     expect(page.locator("#connection")).to_have_text("live")
+
+
+def test_the_page_is_the_gateways_own_and_runs_only_its_own_script(
+    gateway: RunningGateway, target: ScriptedUpstream
+) -> None:
+    with httpx.Client(base_url=gateway.url, timeout=30) as http:
+        for path in ("/ui", "/ui/", "/ui/dashboard.js", "/ui/dashboard.css", "/metrics"):
+            assert http.get(path).status_code == 200, path
+        page = http.get("/ui")
+        assert page.headers["content-type"].startswith("text/html")
+        assert "script-src 'self'" in page.headers["content-security-policy"]
+        missing = http.get("/ui/secrets.txt")
+        assert missing.status_code == 404
+        assert missing.json()["error"]["type"] == "not_found_error"
+    assert target.seen == []  # none of it was proxied
 
 
 def test_a_click_switches_the_mode(page: Page, gateway: RunningGateway) -> None:

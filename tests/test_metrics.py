@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from cc_proxy.standin import answer
+from cc_proxy.standin import answer, message_events
 from conftest import GatewayFactory, post_messages
-from harness import Reply, RunningGateway, ScriptedUpstream, wait_until
+from harness import Gate, LoopThread, Reply, RunningGateway, ScriptedUpstream, wait_until
 
 TOOLS = [{"name": "Bash", "description": "run", "input_schema": {"type": "object"}}]
 ASK: dict[str, Any] = {
@@ -123,6 +124,33 @@ def test_shadow_drops_and_limiter_saturation_are_shown(
     assert value(samples, "cc_proxy_in_flight_requests", upstream="target") == 1
     assert value(samples, "cc_proxy_requests_total", role="primary", upstream="passthrough") == 2
     assert value(samples, "cc_proxy_requests_total", role="shadow") == 0
+
+
+def test_a_request_waiting_for_a_target_slot_is_shown(
+    start_gateway: GatewayFactory, target: ScriptedUpstream, loop_thread: LoopThread
+) -> None:
+    gateway = start_gateway(target={"max_concurrent": 1, "queue_wait_secs": 60})
+    gate = Gate(loop_thread)
+    streamed = {**ASK, "stream": True}
+    target.queue(Reply.sse(message_events(answer(streamed)), gate=gate, hold_at=1))
+
+    def waiting() -> float:
+        return value(scrape(gateway), "cc_proxy_limiter_waiting", upstream="target")
+
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(post_messages, gateway.url, streamed)
+        assert wait_until(lambda: len(target.seen) == 1)
+        second = pool.submit(post_messages, gateway.url, ASK)
+        assert wait_until(lambda: waiting() == 1, timeout=30)
+        samples = scrape(gateway)
+        assert value(samples, "cc_proxy_limiter_in_use", upstream="target") == 1
+        assert value(samples, "cc_proxy_limiter_saturation", upstream="target") == 1.0
+        gate.open()
+        assert first.result(30).status_code == 200
+        assert second.result(30).status_code == 200
+    samples = scrape(gateway)
+    assert value(samples, "cc_proxy_limiter_waiting", upstream="target") == 0
+    assert value(samples, "cc_proxy_limiter_in_use", upstream="target") == 0
 
 
 def test_the_current_mode_is_a_gauge(gateway: RunningGateway) -> None:
