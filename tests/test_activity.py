@@ -70,12 +70,13 @@ def test_recent_refuses_a_limit_out_of_range(gateway: RunningGateway) -> None:
 def test_series_count_requests_and_tokens_per_upstream(gateway: RunningGateway) -> None:
     for _ in range(3):
         assert post_messages(gateway.url, ASK).status_code == 200
+    assert post_messages(gateway.url, b"not json").status_code == 400
     series = get(gateway, "/api/series")
     assert series["bucket_secs"] == SERIES_BUCKET_SECS
     assert set(series["upstreams"]) == {"target", "passthrough"}
     target = series["upstreams"]["target"]
     assert len(target["requests"]) == SERIES_BUCKETS
-    assert sum(target["requests"]) == 3
+    assert (sum(target["requests"]), sum(target["errors"])) == (4, 1)
     usage = answer({**ASK, "model": "glm-5"})["usage"]
     assert sum(target["output_tokens"]) == 3 * usage["output_tokens"]
     assert any(ms is not None for ms in target["ttft_ms"])

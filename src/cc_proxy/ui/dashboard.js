@@ -170,7 +170,8 @@ function showUpstreams(series, health) {
       "article",
       { class: "upstream", dataset: { upstream: name } },
       el("h3", {}, name, el("span", { class: "url" }, settings ? settings.url || "" : "")),
-      el("p", { class: "in-flight" }, `in flight: ${s.in_flight}${limit}`),
+      el("p", { class: "in-flight" }, `in flight: ${s.in_flight}${limit}`,
+        ` · errors: ${fmt(sum(s.errors))}`),
       el(
         "div",
         { class: "spark" },
