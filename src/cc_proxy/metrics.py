@@ -10,6 +10,7 @@ The registry is the gateway's own, so two gateways in one process never share fi
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
+from typing import Generic, TypeVar
 
 from prometheus_client import (
     CollectorRegistry,
@@ -85,6 +86,27 @@ def error_type(exchange: Exchange) -> str | None:
     return f"http_{(exchange.status or 0) // 100}xx"
 
 
+MetricT = TypeVar("MetricT", Counter, Gauge, Histogram)
+
+
+class _Labelled(Generic[MetricT]):
+    """A labelled metric that keeps its children: prometheus-client checks the values and
+    takes a lock on every `labels()` call, which was half the cost of an exchange here.
+    The label values are bounded, and so is this cache."""
+
+    __slots__ = ("_children", "_metric")
+
+    def __init__(self, metric: MetricT) -> None:
+        self._metric: MetricT = metric
+        self._children: dict[tuple[str, ...], MetricT] = {}
+
+    def __call__(self, *values: str) -> MetricT:
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = self._metric.labels(*values)
+        return child
+
+
 class _Live(Collector):
     """Figures read when scraped: the mode, and each limiter's slots."""
 
@@ -127,50 +149,51 @@ class Metrics(Observer):
         modes: ModeSwitch,
         models: Iterable[str | None] = (),
     ) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry = registry = CollectorRegistry(auto_describe=True)
         self._model = ModelLabels(models)
-        registry = self.registry
+
+        def counter(name: str, doc: str, labels: list[str]) -> _Labelled[Counter]:
+            return _Labelled(Counter(name, doc, labels, registry=registry))
+
+        def latency(name: str, doc: str) -> _Labelled[Histogram]:
+            labels = ["role", "upstream"]
+            return _Labelled(
+                Histogram(name, doc, labels, buckets=LATENCY_BUCKETS, registry=registry)
+            )
+
         exchange_labels = ["role", "upstream", "model"]
-        self._requests = Counter(
+        self._requests = counter(
             "cc_proxy_requests",
             "exchanges that ended, by mode, role, upstream, model as sent, status and outcome",
             ["mode", *exchange_labels, "status", "outcome"],
-            registry=registry,
         )
-        self._ttft = Histogram(
+        self._ttft = latency(
             "cc_proxy_time_to_first_token_seconds",
             "from receipt of the request to the first byte of the answer",
-            ["role", "upstream"],
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
         )
-        self._duration = Histogram(
-            "cc_proxy_duration_seconds",
-            "whole exchanges, from receipt to the answer's end",
-            ["role", "upstream"],
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
+        self._duration = latency(
+            "cc_proxy_duration_seconds", "whole exchanges, from receipt to the answer's end"
         )
-        self._tokens = Counter(
+        self._tokens = counter(
             "cc_proxy_tokens",
             "tokens the answers reported, by kind (input, output, cache_creation, cache_read)",
             [*exchange_labels, "kind"],
-            registry=registry,
         )
-        self._tool_calls = Counter(
-            "cc_proxy_tool_calls", "tool_use blocks in answers", exchange_labels, registry=registry
+        self._tool_calls = counter(
+            "cc_proxy_tool_calls", "tool_use blocks in answers", exchange_labels
         )
-        self._errors = Counter(
+        self._errors = counter(
             "cc_proxy_errors",
             "failed exchanges by error type (Anthropic's, or the gateway's outcome)",
             ["role", "upstream", "type"],
-            registry=registry,
         )
-        self._in_flight = Gauge(
-            "cc_proxy_in_flight_requests",
-            "exchanges started and not yet ended",
-            ["upstream"],
-            registry=registry,
+        self._in_flight = _Labelled(
+            Gauge(
+                "cc_proxy_in_flight_requests",
+                "exchanges started and not yet ended",
+                ["upstream"],
+                registry=registry,
+            )
         )
         self._shadow_dropped = Counter(
             "cc_proxy_shadow_dropped",
@@ -179,26 +202,26 @@ class Metrics(Observer):
         )
         registry.register(_Live(upstreams, modes))
         for name in upstreams:
-            self._in_flight.labels(name)  # shown at 0 before the first request
+            self._in_flight(name)  # shown at 0 before the first request
 
     def on_start(self, exchange: Exchange) -> None:
         if exchange.outcome is not Outcome.DROPPED:
-            self._in_flight.labels(exchange.upstream).inc()
+            self._in_flight(exchange.upstream).inc()
 
     def on_end(self, exchange: Exchange) -> None:
         if exchange.outcome is Outcome.DROPPED:
             self._shadow_dropped.inc()
             return
-        self._in_flight.labels(exchange.upstream).dec()
+        self._in_flight(exchange.upstream).dec()
         role, upstream = exchange.role.value, exchange.upstream
         model = self._model(exchange.model)
         status = str(exchange.status) if exchange.status is not None else "none"
         outcome = exchange.outcome.value if exchange.outcome is not None else "none"
-        self._requests.labels(exchange.mode.value, role, upstream, model, status, outcome).inc()
+        self._requests(exchange.mode.value, role, upstream, model, status, outcome).inc()
         if exchange.ttft_ms is not None:
-            self._ttft.labels(role, upstream).observe(exchange.ttft_ms / 1000)
+            self._ttft(role, upstream).observe(exchange.ttft_ms / 1000)
         if exchange.duration_ms is not None:
-            self._duration.labels(role, upstream).observe(exchange.duration_ms / 1000)
+            self._duration(role, upstream).observe(exchange.duration_ms / 1000)
         usage = exchange.usage
         for kind, count in (
             ("input", usage.input_tokens),
@@ -207,12 +230,12 @@ class Metrics(Observer):
             ("cache_read", usage.cache_read_input_tokens),
         ):
             if count:
-                self._tokens.labels(role, upstream, model, kind).inc(count)
+                self._tokens(role, upstream, model, kind).inc(count)
         if usage.tool_calls:
-            self._tool_calls.labels(role, upstream, model).inc(usage.tool_calls)
+            self._tool_calls(role, upstream, model).inc(usage.tool_calls)
         failure = error_type(exchange)
         if failure is not None:
-            self._errors.labels(role, upstream, failure).inc()
+            self._errors(role, upstream, failure).inc()
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every figure."""
