@@ -16,9 +16,9 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from cc_proxy.standin import answer
+from cc_proxy.standin import answer, message_events
 from conftest import GatewayFactory, post_messages
-from harness import RunningGateway, ScriptedUpstream, wait_until
+from harness import Reply, RunningGateway, ScriptedUpstream, wait_until
 
 CHROMIUM = "/usr/bin/chromium"
 # Without the background-networking switches Chromium reaches out at start-up (updates,
@@ -158,9 +158,47 @@ def test_the_admin_token_is_asked_for_and_sent(page: Page, start_gateway: Gatewa
     assert mode_of(gateway) == "compare"
 
 
-def test_the_compare_view_says_when_records_are_not_available(
+def test_the_compare_view_says_how_to_get_records_while_there_are_none(
     page: Page, gateway: RunningGateway
 ) -> None:
     open_dashboard(page, gateway)
-    expect(page.locator("#compare-status")).to_contain_text("not available")
+    expect(page.locator("#compare-status")).to_contain_text("switch to compare mode")
     expect(page.locator("#compare-list")).to_be_hidden()
+
+
+def test_the_compare_view_shows_both_answers_side_by_side(
+    page: Page,
+    start_gateway: GatewayFactory,
+    target: ScriptedUpstream,
+    passthrough: ScriptedUpstream,
+) -> None:
+    gateway = start_gateway(default_mode="compare")
+    agreed = post_messages(gateway.url, ASK).headers["x-cc-proxy-request-id"]
+    tool_turn = answer(ASK)
+    text_turn = answer({**ASK, "tools": []})
+    passthrough.queue(Reply.sse(message_events(tool_turn)))
+    target.queue(Reply.sse(message_events(text_turn)))
+    differed = post_messages(gateway.url, ASK).headers["x-cc-proxy-request-id"]
+
+    def recorded() -> int:
+        found: int = len(httpx.get(gateway.url + "/api/compare", timeout=30).json()["records"])
+        return found
+
+    assert wait_until(lambda: recorded() == 2, timeout=WAIT_MS / 1000)
+    open_dashboard(page, gateway)
+    expect(page.locator("#compare-status")).to_contain_text("2 records")
+    expect(page.locator(f"#compare-list tr[data-id='{agreed}']")).not_to_contain_text("differ")
+    expect(page.locator(f"#compare-list tr[data-id='{differed}']")).to_contain_text("differ")
+    page.check("#compare-filters input[name=disagreements]")
+    page.click("#compare-filters button[type=submit]")
+    expect(page.locator("#compare-list tr.record")).to_have_count(1)
+    page.click(f"#compare-list tr[data-id='{differed}']")
+    primary = page.locator("#compare-detail [data-side=primary]")
+    shadow = page.locator("#compare-detail [data-side=shadow]")
+    expect(primary).to_contain_text("tool_use")
+    expect(primary.locator(".tool-call")).to_contain_text("Bash")
+    expect(shadow).to_contain_text("end_turn")
+    expect(shadow.locator("pre.text")).to_have_text(text_turn["content"][0]["text"])
+    expect(page.locator("#compare-detail .agreement-summary")).to_contain_text("differ")
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=ARTIFACTS / "dashboard-compare.png", full_page=True)

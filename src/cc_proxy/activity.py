@@ -77,16 +77,15 @@ class Activity(Observer):
         self._in_flight: Counter[str] = Counter()
 
     def on_start(self, exchange: Exchange) -> None:
-        if exchange.outcome is not Outcome.DROPPED:
-            self._in_flight[exchange.upstream] += 1
+        self._in_flight[exchange.upstream] += 1
 
     def on_end(self, exchange: Exchange) -> None:
         now = self._clock()
         elapsed = exchange.duration_ms or 0.0
         self._recent.append(summary(exchange, now - elapsed / 1000))
+        self._in_flight[exchange.upstream] -= 1
         if exchange.outcome is Outcome.DROPPED:
             return
-        self._in_flight[exchange.upstream] -= 1
         buckets = self._series.setdefault(exchange.upstream, {})
         number = int(now // SERIES_BUCKET_SECS)
         bucket = buckets.get(number)

@@ -209,6 +209,7 @@ def build_admin(gateway: Gateway) -> Starlette:
         except ValueError as exc:
             return error_response(400, str(exc))
         return JSONResponse(await asyncio.to_thread(report_of, store, since))
+
     async def metrics(request: Request) -> Response:
         return PlainTextResponse(gateway.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 

@@ -205,14 +205,13 @@ class Metrics(Observer):
             self._in_flight(name)  # shown at 0 before the first request
 
     def on_start(self, exchange: Exchange) -> None:
-        if exchange.outcome is not Outcome.DROPPED:
-            self._in_flight(exchange.upstream).inc()
+        self._in_flight(exchange.upstream).inc()
 
     def on_end(self, exchange: Exchange) -> None:
+        self._in_flight(exchange.upstream).dec()
         if exchange.outcome is Outcome.DROPPED:
             self._shadow_dropped.inc()
             return
-        self._in_flight(exchange.upstream).dec()
         role, upstream = exchange.role.value, exchange.upstream
         model = self._model(exchange.model)
         status = str(exchange.status) if exchange.status is not None else "none"
