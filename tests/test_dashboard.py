@@ -48,7 +48,9 @@ ASK: dict[str, Any] = {
 expect.set_options(timeout=WAIT_MS)
 
 
-@pytest.fixture(scope="session")
+# Module scope: while Playwright's sync API is open, its event loop counts as running in
+# this thread, and later tests that call asyncio.run() would fail.
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     if shutil.which(CHROMIUM) is None:
         message = f"{CHROMIUM} is missing: apt-get install chromium (.ci/run does)"
@@ -174,6 +176,7 @@ def test_the_compare_view_shows_both_answers_side_by_side(
 ) -> None:
     gateway = start_gateway(default_mode="compare")
     agreed = post_messages(gateway.url, ASK).headers["x-cc-proxy-request-id"]
+    assert wait_until(lambda: len(target.seen) == 1)  # its shadow took no scripted reply
     tool_turn = answer(ASK)
     text_turn = answer({**ASK, "tools": []})
     passthrough.queue(Reply.sse(message_events(tool_turn)))
