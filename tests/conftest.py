@@ -5,6 +5,7 @@ from typing import Any
 
 import anthropic
 import httpx
+import orjson
 import pytest
 
 from harness import LoopThread, RunningGateway, ScriptedUpstream, settings_for
@@ -12,6 +13,13 @@ from harness import LoopThread, RunningGateway, ScriptedUpstream, settings_for
 CLIENT_KEY = "sk-ant-client-secret-0001"
 TARGET_KEY = "target-secret-0002"
 PASSTHROUGH_KEY = "passthrough-secret-0003"
+
+
+def post_messages(url: str, body: dict[str, Any] | bytes) -> httpx.Response:
+    """`POST {url}/v1/messages` as a client with its own key would send it."""
+    content = body if isinstance(body, bytes) else orjson.dumps(body)
+    headers = {"x-api-key": CLIENT_KEY, "content-type": "application/json"}
+    return httpx.post(url + "/v1/messages", content=content, headers=headers, timeout=30)
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,6 @@
 """The gateway's own endpoints: `/health`, `/api/stats`, `/api/mode`, `/api/tracing`,
-and the compare records (`/api/compare`, `/api/compare/{id}`, `/api/compare/report`).
+the compare records (`/api/compare`, `/api/compare/{id}`, `/api/compare/report`);
+`/metrics`, `/api/recent`, `/api/series` and the `/ui` dashboard.
 
 Changes (`PUT`) need `Authorization: Bearer <admin token>` when CC_SERVER__ADMIN_TOKEN is
 set; reading stays open. Every error is Anthropic-shaped, like the proxied paths'.
@@ -13,14 +14,17 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
+from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ConfigDict, StrictBool, ValidationError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
+from cc_proxy.activity import RECENT_SIZE
 from cc_proxy.config import redact_url
+from cc_proxy.dashboard import ui_routes
 from cc_proxy.errors import ErrorType, error_body
 from cc_proxy.modes import Mode, ModeRefused
 from cc_proxy.records import MAX_PAGE, BadCursor
@@ -50,11 +54,11 @@ class BadQuery(ValueError):
     """A query parameter the endpoint cannot use; its message names it."""
 
 
-def _limit(text: str | None) -> int:
+def _limit(text: str | None, most: int = MAX_PAGE, default: int = DEFAULT_PAGE) -> int:
     if text is None:
-        return DEFAULT_PAGE
-    if not text.isdigit() or not 1 <= int(text) <= MAX_PAGE:
-        raise BadQuery(f"limit must be a whole number from 1 to {MAX_PAGE}, not {text!r}")
+        return default
+    if not text.isdigit() or not 1 <= int(text) <= most:
+        raise BadQuery(f"limit must be a whole number from 1 to {most}, not {text!r}")
     return int(text)
 
 
@@ -208,6 +212,19 @@ def build_admin(gateway: Gateway) -> Starlette:
             return error_response(400, str(exc))
         return JSONResponse(await asyncio.to_thread(report_of, store, since))
 
+    async def metrics(request: Request) -> Response:
+        return PlainTextResponse(gateway.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    async def recent(request: Request) -> Response:
+        try:
+            limit = _limit(request.query_params.get("limit"), RECENT_SIZE, RECENT_SIZE)
+        except BadQuery as exc:
+            return error_response(400, str(exc))
+        return JSONResponse({"exchanges": gateway.activity.recent(limit)})
+
+    async def series(request: Request) -> Response:
+        return JSONResponse(gateway.activity.series())
+
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         messages = {404: f"no such endpoint: {request.url.path}", 405: "method not allowed"}
@@ -228,6 +245,10 @@ def build_admin(gateway: Gateway) -> Starlette:
             Route("/api/compare", compare_list, methods=["GET"]),
             Route("/api/compare/report", compare_report, methods=["GET"]),
             Route("/api/compare/{record_id}", compare_record, methods=["GET"]),
+            Route("/metrics", metrics, methods=["GET"]),
+            Route("/api/recent", recent, methods=["GET"]),
+            Route("/api/series", series, methods=["GET"]),
+            *ui_routes(),
         ],
         exception_handlers=handlers,
     )

@@ -1,6 +1,7 @@
 """Assembly: builds the gateway from its settings and serves it as one ASGI app.
 
-`/health` and `/api/*` are the gateway's own (Starlette); every other path is proxied.
+`/health`, `/metrics`, `/api/*` and `/ui` are the gateway's own (Starlette); every other
+path is proxied.
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ from typing import TYPE_CHECKING
 import aiohttp
 from starlette.types import Message, Receive, Scope, Send
 
+from cc_proxy.activity import Activity
 from cc_proxy.admin import build_admin
 from cc_proxy.config import Settings
 from cc_proxy.exchange import Observers
 from cc_proxy.logs import AccessLog, ContentLog
+from cc_proxy.metrics import Metrics
 from cc_proxy.modes import Mode, ModeSwitch
 from cc_proxy.proxy import REQUEST_ID_HEADER, ContentTracing, Proxy
 from cc_proxy.records import CompareRecorder
@@ -31,6 +34,9 @@ if TYPE_CHECKING:
     from cc_proxy.otel import OtlpTracing
 
 log = logging.getLogger("cc_proxy")
+# Paths the gateway answers itself; everything else is proxied.
+OWN_PATHS = frozenset({"/health", "/metrics", "/ui"})
+OWN_PREFIXES = ("/api/", "/ui/")
 
 
 def _with_request_id(send: Send) -> Send:
@@ -104,6 +110,10 @@ class Gateway:
         self.stats = Stats(shared.counters(worker) if shared else None)
         self.records = CompareRecorder(settings.compare)
         self.observers = Observers([self.stats, AccessLog(), ContentLog(), self.records])
+        self.metrics = Metrics(self.upstreams, self.modes, [settings.target.model])
+        self.observers.add(self.metrics)
+        self.activity = Activity(self.upstreams)
+        self.observers.add(self.activity)
         self.otel: OtlpTracing | None = None
         if settings.tracing.otlp_endpoint is not None:
             # imported here: the OpenTelemetry SDK and gRPC load only when they are used
@@ -133,7 +143,7 @@ class Gateway:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             path: str = scope["path"]
-            if path == "/health" or path.startswith("/api/"):
+            if path in OWN_PATHS or path.startswith(OWN_PREFIXES):
                 await self.admin(scope, receive, _with_request_id(send))
             else:
                 await self.proxy(scope, receive, send)

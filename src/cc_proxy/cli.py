@@ -29,7 +29,8 @@ from cc_proxy.workers import serve_workers
 EPILOG = """\
 commands:
   (none)    run the gateway
-  demo      run the gateway on its embedded stand-in target and send it a streamed request
+  demo      run the gateway on its embedded stand-in target and send it a streamed request;
+            then serve on, with a minute of demo traffic for the dashboard at /ui
   standin   run only the stand-in target (a small Messages API server)
   compare-report
             how the target's answers compare with the passthrough's (compare mode's records)

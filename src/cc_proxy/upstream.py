@@ -89,6 +89,10 @@ class Limiter:
                 self._waiters.remove(slot)
         return True
 
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
+
     def release(self) -> None:
         while self._waiters:
             slot = self._waiters.popleft()

@@ -1,0 +1,241 @@
+"""Prometheus metrics (`GET /metrics`): an observer that counts every exchange, plus the
+limiters and the mode read at scrape time.
+
+Every label value comes from a small bounded set, never from free text a client sent:
+a model name is one from the configuration, a Claude family (`claude-sonnet`), `none`
+or `other`; an error type is a known Anthropic type or one of the gateway's outcomes.
+The registry is the gateway's own, so two gateways in one process never share figures.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Generic, TypeVar
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from cc_proxy.exchange import Exchange, Observer, Outcome
+from cc_proxy.modes import Mode, ModeSwitch
+from cc_proxy.upstream import Upstream
+
+# The `_created` timestamp series double the output and no dashboard of ours reads them.
+disable_created_metrics()  # type: ignore[no-untyped-call]
+
+# Time to first token and whole answers of self-hosted models: tens of milliseconds on
+# a warm short prompt, minutes for a long Claude Code turn.
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+CLAUDE_FAMILIES = ("opus", "sonnet", "haiku")
+# https://docs.anthropic.com/en/api/errors
+ANTHROPIC_ERROR_TYPES = frozenset(
+    {
+        "invalid_request_error",
+        "authentication_error",
+        "billing_error",
+        "permission_error",
+        "not_found_error",
+        "request_too_large",
+        "rate_limit_error",
+        "api_error",
+        "timeout_error",
+        "overloaded_error",
+    }
+)
+# What the gateway answered itself, by status (`Outcome.REJECTED`).
+_REJECTED_TYPES = {400: "invalid_request_error", 413: "request_too_large", 529: "overloaded_error"}
+
+
+class ModelLabels:
+    """Maps a model name to a bounded label: configured names as they are, Claude models
+    by family, anything else to `other`."""
+
+    def __init__(self, configured: Iterable[str | None]) -> None:
+        self._configured = frozenset(name for name in configured if name)
+
+    def __call__(self, model: str | None) -> str:
+        if not model:
+            return "none"
+        if model in self._configured:
+            return model
+        if model.startswith("claude-"):
+            for family in CLAUDE_FAMILIES:
+                if family in model:
+                    return f"claude-{family}"
+        return "other"
+
+
+def error_type(exchange: Exchange) -> str | None:
+    """The bounded error label of a failed exchange, None when it did not fail."""
+    if not exchange.failed or exchange.outcome in (Outcome.CLIENT_GONE, Outcome.DROPPED):
+        return None
+    reported = exchange.usage.error_type
+    if reported is not None:
+        return reported if reported in ANTHROPIC_ERROR_TYPES else "other"
+    if exchange.outcome is Outcome.REJECTED:
+        return _REJECTED_TYPES.get(exchange.status or 0, "other")
+    if exchange.outcome is not Outcome.COMPLETE and exchange.outcome is not None:
+        return exchange.outcome.value
+    return f"http_{(exchange.status or 0) // 100}xx"
+
+
+MetricT = TypeVar("MetricT", Counter, Gauge, Histogram)
+
+
+class _Labelled(Generic[MetricT]):
+    """A labelled metric that keeps its children: prometheus-client checks the values and
+    takes a lock on every `labels()` call, which was half the cost of an exchange here.
+    The label values are bounded, and so is this cache."""
+
+    __slots__ = ("_children", "_metric")
+
+    def __init__(self, metric: MetricT) -> None:
+        self._metric: MetricT = metric
+        self._children: dict[tuple[str, ...], MetricT] = {}
+
+    def __call__(self, *values: str) -> MetricT:
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = self._metric.labels(*values)
+        return child
+
+
+class _Live(Collector):
+    """Figures read when scraped: the mode, and each limiter's slots."""
+
+    def __init__(self, upstreams: Mapping[str, Upstream], modes: ModeSwitch) -> None:
+        self._upstreams = upstreams
+        self._modes = modes
+
+    def collect(self) -> Iterator[Metric]:
+        mode = GaugeMetricFamily("cc_proxy_mode", "1 for the current mode", labels=["mode"])
+        for each in Mode:
+            mode.add_metric([each.value], 1 if each is self._modes.current else 0)
+        yield mode
+        capacity = GaugeMetricFamily(
+            "cc_proxy_limiter_capacity", "max_concurrent of the upstream", labels=["upstream"]
+        )
+        in_use = GaugeMetricFamily(
+            "cc_proxy_limiter_in_use", "limiter slots taken", labels=["upstream"]
+        )
+        waiting = GaugeMetricFamily(
+            "cc_proxy_limiter_waiting", "requests waiting for a slot", labels=["upstream"]
+        )
+        saturation = GaugeMetricFamily(
+            "cc_proxy_limiter_saturation", "slots taken / capacity (0 to 1)", labels=["upstream"]
+        )
+        for name, upstream in self._upstreams.items():
+            limiter = upstream.limiter
+            if limiter is None:
+                continue
+            capacity.add_metric([name], limiter.capacity)
+            in_use.add_metric([name], limiter.in_flight)
+            waiting.add_metric([name], limiter.waiting)
+            saturation.add_metric([name], limiter.in_flight / limiter.capacity)
+        yield from (capacity, in_use, waiting, saturation)
+
+
+class Metrics(Observer):
+    def __init__(
+        self,
+        upstreams: Mapping[str, Upstream],
+        modes: ModeSwitch,
+        models: Iterable[str | None] = (),
+    ) -> None:
+        self.registry = registry = CollectorRegistry(auto_describe=True)
+        self._model = ModelLabels(models)
+
+        def counter(name: str, doc: str, labels: list[str]) -> _Labelled[Counter]:
+            return _Labelled(Counter(name, doc, labels, registry=registry))
+
+        def latency(name: str, doc: str) -> _Labelled[Histogram]:
+            labels = ["role", "upstream"]
+            return _Labelled(
+                Histogram(name, doc, labels, buckets=LATENCY_BUCKETS, registry=registry)
+            )
+
+        exchange_labels = ["role", "upstream", "model"]
+        self._requests = counter(
+            "cc_proxy_requests",
+            "exchanges that ended, by mode, role, upstream, model as sent, status and outcome",
+            ["mode", *exchange_labels, "status", "outcome"],
+        )
+        self._ttft = latency(
+            "cc_proxy_time_to_first_token_seconds",
+            "from receipt of the request to the first byte of the answer",
+        )
+        self._duration = latency(
+            "cc_proxy_duration_seconds", "whole exchanges, from receipt to the answer's end"
+        )
+        self._tokens = counter(
+            "cc_proxy_tokens",
+            "tokens the answers reported, by kind (input, output, cache_creation, cache_read)",
+            [*exchange_labels, "kind"],
+        )
+        self._tool_calls = counter(
+            "cc_proxy_tool_calls", "tool_use blocks in answers", exchange_labels
+        )
+        self._errors = counter(
+            "cc_proxy_errors",
+            "failed exchanges by error type (Anthropic's, or the gateway's outcome)",
+            ["role", "upstream", "type"],
+        )
+        self._in_flight = _Labelled(
+            Gauge(
+                "cc_proxy_in_flight_requests",
+                "exchanges started and not yet ended",
+                ["upstream"],
+                registry=registry,
+            )
+        )
+        self._shadow_dropped = Counter(
+            "cc_proxy_shadow_dropped",
+            "compare-mode copies not sent because the target was saturated",
+            registry=registry,
+        )
+        registry.register(_Live(upstreams, modes))
+        for name in upstreams:
+            self._in_flight(name)  # shown at 0 before the first request
+
+    def on_start(self, exchange: Exchange) -> None:
+        self._in_flight(exchange.upstream).inc()
+
+    def on_end(self, exchange: Exchange) -> None:
+        self._in_flight(exchange.upstream).dec()
+        if exchange.outcome is Outcome.DROPPED:
+            self._shadow_dropped.inc()
+            return
+        role, upstream = exchange.role.value, exchange.upstream
+        model = self._model(exchange.model)
+        status = str(exchange.status) if exchange.status is not None else "none"
+        outcome = exchange.outcome.value if exchange.outcome is not None else "none"
+        self._requests(exchange.mode.value, role, upstream, model, status, outcome).inc()
+        if exchange.ttft_ms is not None:
+            self._ttft(role, upstream).observe(exchange.ttft_ms / 1000)
+        if exchange.duration_ms is not None:
+            self._duration(role, upstream).observe(exchange.duration_ms / 1000)
+        usage = exchange.usage
+        for kind, count in (
+            ("input", usage.input_tokens),
+            ("output", usage.output_tokens),
+            ("cache_creation", usage.cache_creation_input_tokens),
+            ("cache_read", usage.cache_read_input_tokens),
+        ):
+            if count:
+                self._tokens(role, upstream, model, kind).inc(count)
+        if usage.tool_calls:
+            self._tool_calls(role, upstream, model).inc(usage.tool_calls)
+        failure = error_type(exchange)
+        if failure is not None:
+            self._errors(role, upstream, failure).inc()
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of every figure."""
+        return generate_latest(self.registry)
