@@ -27,7 +27,7 @@ from typing import Any
 import orjson
 
 from bench.hold import hold_streams
-from bench.load import Scenario, measure_ttfb, run_wrk
+from bench.load import Scenario, measure_latency, measure_ttfb, run_wrk
 from bench.procs import (
     REPO,
     cores,
@@ -44,7 +44,8 @@ from bench.report import render_chart, render_table, summarise
 FIXTURE = REPO / "tests" / "fixtures" / "claude-code-2.1.197" / "basic.json"
 # What a held stream costs the proxy besides its memory: two sockets (client, upstream).
 FDS_PER_STREAM = 2
-PARTS = ("relays", "multicore", "hold")
+PARTS = ("relays", "multicore", "hold", "compare")
+COMPARE_CONCURRENCY = (1, 8)
 FD_RESERVE = 100
 
 
@@ -276,6 +277,60 @@ def run_relays(
     return load, ttfb, peak_rss
 
 
+def run_compare(args: argparse.Namespace, scenario: Scenario) -> dict[str, Any]:
+    """The bar of issue 3: client-side latency of streamed requests through cc-proxy in
+    anthropic-only mode against compare mode (same passthrough stand-in, plus a target
+    stand-in for the shadow), the two modes taking turns round by round, for each pacing
+    of the stand-ins and each concurrency."""
+    proxy_core, load_core = args.proxy_core, args.load_core
+    pacings = {
+        "instant": (0.0, 0.0),
+        "model": (args.first_token_ms, args.gap_ms),
+    }
+    found: dict[str, Any] = {}
+    for pacing, (first_token_ms, gap_ms) in pacings.items():
+        paced = ("--first-token-ms", f"{first_token_ms:g}", "--gap-ms", f"{gap_ms:g}")
+        with contextlib.ExitStack() as running:
+            ends: dict[str, str] = {}
+            for side in ("passthrough", "target"):
+                process, url = start_upstream(f"{pacing}-{side}", load_core, args.workdir, *paced)
+                running.callback(process.stop)
+                ends[side] = url
+            relays: list[Relay] = []
+            for mode in ("anthropic-only", "compare"):
+                relay = start_cc_proxy(
+                    f"cc-proxy-{mode}-{pacing}",
+                    ends["target"],
+                    proxy_core,
+                    args.workdir,
+                    mode=mode,
+                    passthrough_url=ends["passthrough"],
+                    extra_args=("--allow-anthropic-only",),
+                )
+                running.callback(relay.stop)
+                relays.append(relay)
+            if not args.smoke:
+                for relay in relays:
+                    measure_latency(relay.url, scenario, 1, 5)
+            for concurrency in COMPARE_CONCURRENCY:
+                requests = args.compare_requests * concurrency
+                key = f"{pacing}-c{concurrency}"
+                found[key] = {"first_token_ms": first_token_ms, "gap_ms": gap_ms}
+                rounds: dict[str, list[dict[str, Any]]] = {r.name: [] for r in relays}
+                for round_ in range(args.rounds):
+                    shift = round_ % len(relays)
+                    for relay in relays[shift:] + relays[:shift]:
+                        measured = measure_latency(relay.url, scenario, concurrency, requests)
+                        rounds[relay.name].append(asdict(measured))
+                for relay, mode in zip(relays, ("anthropic-only", "compare"), strict=True):
+                    found[key][mode] = rounds[relay.name]
+                _progress(
+                    f"compare {key}",
+                    {m: found[key][m][-1]["first_p50_ms"] for m in ("anthropic-only", "compare")},
+                )
+    return found
+
+
 def _progress(what: str, figures: Any) -> None:
     print(f"bench: {what}: {figures}", file=sys.stderr, flush=True)
 
@@ -316,7 +371,28 @@ def main(argv: list[str] | None = None) -> int:
         nargs="+",
         choices=PARTS,
         default=list(PARTS),
-        help="what to run: the relays side by side, one against two workers, idle streams",
+        help=(
+            "what to run: the relays side by side, one against two workers, idle streams, "
+            "anthropic-only against compare mode (latency)"
+        ),
+    )
+    parser.add_argument(
+        "--compare-requests",
+        type=int,
+        default=20,
+        help="compare part: requests per connection per mode per round",
+    )
+    parser.add_argument(
+        "--first-token-ms",
+        type=float,
+        default=300,
+        help="compare part, model-like pacing: the stand-ins' time to first token",
+    )
+    parser.add_argument(
+        "--gap-ms",
+        type=float,
+        default=10,
+        help="compare part, model-like pacing: the stand-ins' gap between SSE events",
     )
     parser.add_argument(
         "--profile",
@@ -328,6 +404,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.smoke:
         args.seconds, args.rounds, args.ttfb_requests = 1, 1, 10
         args.hold, args.hold_secs = [50], 1.5
+        args.compare_requests = 2
 
     proxy_core, load_core = args.proxy_core, args.load_core = cores()
     os.sched_setaffinity(0, {load_core})
@@ -351,6 +428,7 @@ def main(argv: list[str] | None = None) -> int:
             run_multicore(upstream_url, scenario_list[1], args) if "multicore" in args.parts else {}
         )
         upstreams.close()
+        compare = run_compare(args, scenario_list[1]) if "compare" in args.parts else {}
         hold = run_hold(args, proxy_core, load_core) if "hold" in args.parts else []
 
     results = summarise(
@@ -362,6 +440,7 @@ def main(argv: list[str] | None = None) -> int:
             "ttfb_requests": args.ttfb_requests,
             "hold": args.hold,
             "hold_secs": args.hold_secs,
+            "compare_requests": args.compare_requests,
             "smoke": args.smoke,
             "elapsed_secs": round(time.monotonic() - started, 1),
         },
@@ -371,6 +450,7 @@ def main(argv: list[str] | None = None) -> int:
         peak_rss=peak_rss,
         multicore=multicore,
         hold=hold,
+        compare=compare,
     )
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")

@@ -124,9 +124,11 @@ def _request(url: str, scenario: Scenario) -> tuple[str, int, bytes]:
     return parts.hostname, parts.port, head + body
 
 
-async def _one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes) -> float:
+async def _one(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes
+) -> tuple[float, float]:
     """Send one streaming request on a kept-alive connection; seconds to the first body
-    byte. The rest of the (chunked) answer is read to its end."""
+    byte and to the end of the (chunked) answer."""
     started = time.perf_counter()
     writer.write(request)
     buffer = b""
@@ -146,12 +148,14 @@ async def _one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, reque
         if not chunk:
             raise ConnectionError("closed mid-answer")
         buffer = buffer[-16:] + chunk
-    return first
+    return first, time.perf_counter() - started
 
 
-async def _ttfb(url: str, scenario: Scenario, concurrency: int, per_connection: int) -> list[float]:
+async def _timed(
+    url: str, scenario: Scenario, concurrency: int, per_connection: int
+) -> list[tuple[float, float]]:
     host, port, request = _request(url, scenario)
-    times: list[float] = []
+    times: list[tuple[float, float]] = []
 
     async def connection() -> None:
         reader, writer = await asyncio.open_connection(host, port)
@@ -174,10 +178,40 @@ class TtfbResult:
 
 def measure_ttfb(url: str, scenario: Scenario, concurrency: int, requests: int) -> TtfbResult:
     per_connection = max(1, requests // concurrency)
-    times = uvloop.run(asyncio.wait_for(_ttfb(url, scenario, concurrency, per_connection), 300))
-    times.sort()
+    timed = uvloop.run(asyncio.wait_for(_timed(url, scenario, concurrency, per_connection), 300))
+    times = sorted(first for first, _ in timed)
     return TtfbResult(
         samples=len(times),
         p50_ms=statistics.median(times) * 1000,
         p99_ms=times[min(len(times) - 1, int(len(times) * 0.99))] * 1000,
+    )
+
+
+def _quantile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
+
+
+@dataclass
+class LatencyResult:
+    """Client-side latency of streamed requests: to the first body byte and to the end."""
+
+    samples: int
+    first_p50_ms: float
+    first_p90_ms: float
+    end_p50_ms: float
+    end_p90_ms: float
+
+
+def measure_latency(url: str, scenario: Scenario, concurrency: int, requests: int) -> LatencyResult:
+    per_connection = max(1, requests // concurrency)
+    timed = uvloop.run(asyncio.wait_for(_timed(url, scenario, concurrency, per_connection), 600))
+    first = [f * 1000 for f, _ in timed]
+    end = [e * 1000 for _, e in timed]
+    return LatencyResult(
+        samples=len(timed),
+        first_p50_ms=statistics.median(first),
+        first_p90_ms=_quantile(first, 0.9),
+        end_p50_ms=statistics.median(end),
+        end_p90_ms=_quantile(end, 0.9),
     )

@@ -93,6 +93,7 @@ def start_cc_proxy(
     mode: str = "target",
     passthrough_url: str | None = None,
     workers: int = 1,
+    extra_args: tuple[str, ...] = (),
 ) -> Relay:
     """cc-proxy as shipped: accounting on, content tracing off, the access log at INFO."""
     port = free_port()
@@ -111,7 +112,14 @@ def start_cc_proxy(
     if workers != 1:
         env["CC_SERVER__WORKERS"] = str(workers)
     argv = python(
-        "cc_proxy", "--config", str(config), "--target-url", target_url, "--model", "bench-model"
+        "cc_proxy",
+        "--config",
+        str(config),
+        "--target-url",
+        target_url,
+        "--model",
+        "bench-model",
+        *extra_args,
     )
     process = start(name, argv, core=core, log=logs / f"{name}.log", env=env)
     wait_for_port(port, process)

@@ -45,6 +45,7 @@ def summarise(
     peak_rss: dict[str, int],
     multicore: dict[str, list[dict[str, Any]]],
     hold: list[dict[str, Any]],
+    compare: dict[str, Any],
 ) -> dict[str, Any]:
     figures: dict[str, dict[str, Any]] = {}
     for name, _ in scenarios:
@@ -90,9 +91,36 @@ def summarise(
         "ttfb": first_byte,
         "multicore": {"runs": workers, "gain": gain},
         "hold": hold,
+        "compare": _compare_figures(compare),
     }
     results["bars"] = bars(results)
     return results
+
+
+COMPARE_LIMIT = 1.05
+LATENCIES = ("first_p50_ms", "first_p90_ms", "end_p50_ms", "end_p90_ms")
+
+
+def _compare_figures(compare: dict[str, Any]) -> dict[str, Any]:
+    """Per pacing and concurrency: each mode's median over rounds, and compare's ratio to
+    anthropic-only (the bar: end-to-end p50 and first-byte p50 within 5%)."""
+    figures: dict[str, Any] = {}
+    for key, runs in compare.items():
+        row: dict[str, Any] = {"first_token_ms": runs["first_token_ms"], "gap_ms": runs["gap_ms"]}
+        for mode in ("anthropic-only", "compare"):
+            rounds = runs[mode]
+            row[mode] = {
+                name: round(statistics.median(r[name] for r in rounds), 3) for name in LATENCIES
+            }
+            row[mode]["samples"] = sum(r["samples"] for r in rounds)
+        row["ratio"] = {
+            name: _ratio(row["compare"][name], row["anthropic-only"][name]) for name in LATENCIES
+        }
+        row["within_5pct"] = all(
+            (row["ratio"][name] or 0) <= COMPARE_LIMIT for name in ("first_p50_ms", "end_p50_ms")
+        )
+        figures[key] = row
+    return figures
 
 
 def bars(results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -130,6 +158,16 @@ def bars(results: dict[str, Any]) -> list[dict[str, Any]]:
         if entry["capped_by_fd_limit"]:
             name += f" (capped at {entry['opened'] + entry['failed']} by the fd limit)"
         bar(name, round(entry["kb_per_stream"], 1), 30, "KB", met)
+    for key, row in results["compare"].items():
+        for name, label in (("first_p50_ms", "first byte"), ("end_p50_ms", "end")):
+            ratio = row["ratio"][name]
+            bar(
+                f"compare / anthropic-only, p50 to the {label}, {key}",
+                ratio,
+                COMPARE_LIMIT,
+                "x",
+                None if ratio is None else ratio <= COMPARE_LIMIT,
+            )
     gain = results["multicore"]["gain"].get("rps")
     bar("two workers: throughput gain over one", gain, 1.0, "x", None if gain is None else gain > 1)
     return found
@@ -233,6 +271,31 @@ def render_table(results: dict[str, Any]) -> str:
                 f"| {entry['asked']} | {entry['alive']} | {entry['failed']} "
                 f"| {entry['rss_before_kb'] / 1024:.1f} | {entry['rss_held_kb'] / 1024:.1f} "
                 f"| {entry['kb_per_stream']:.1f} | {note} |"
+            )
+        lines.append("")
+    if results["compare"]:
+        lines += [
+            "**Compare mode against anthropic-only** (streamed 5 KB requests, client-side; "
+            "modes taking turns each round; ratio = compare / anthropic-only)",
+            "",
+            "| pacing, concurrency | mode | first byte p50 ms | p90 ms | end p50 ms | p90 ms "
+            "| samples |",
+            "|---|---|---:|---:|---:|---:|---:|",
+        ]
+        for key, row in results["compare"].items():
+            pacing = f"{key} (TTFT {row['first_token_ms']:g} ms, gap {row['gap_ms']:g} ms)"
+            for mode in ("anthropic-only", "compare"):
+                m = row[mode]
+                lines.append(
+                    f"| {pacing} | {mode} | {m['first_p50_ms']:.2f} | {m['first_p90_ms']:.2f} "
+                    f"| {m['end_p50_ms']:.2f} | {m['end_p90_ms']:.2f} | {m['samples']} |"
+                )
+            r = row["ratio"]
+            within = "yes" if row["within_5pct"] else "**no**"
+            lines.append(
+                f"| {pacing} | ratio (within 5%: {within}) | {_cell(r['first_p50_ms'], 3)} "
+                f"| {_cell(r['first_p90_ms'], 3)} | {_cell(r['end_p50_ms'], 3)} "
+                f"| {_cell(r['end_p90_ms'], 3)} | |"
             )
         lines.append("")
     lines += ["**Bars**", "", "| bar | measured | limit | met |", "|---|---:|---:|---|"]

@@ -10,6 +10,10 @@ rather than one burst per answer. In `slow` mode it sends one event per second (
 concurrency test's idle streams) until the client leaves.
 
     python -m bench.upstream --port 0 [--mode fast|slow] [--events 100]
+        [--first-token-ms 0] [--gap-ms 0]
+
+`--first-token-ms` and `--gap-ms` pace a fast-mode stream like a model (its time to first
+token, its gap between tokens).
 
 prints `listening PORT` once ready.
 """
@@ -78,9 +82,12 @@ def _wants_stream(body: bytes) -> bool:
 
 
 class Connection(asyncio.Protocol):
-    def __init__(self, answers: Answers, slow: bool) -> None:
+    def __init__(self, answers: Answers, slow: bool, pacing: tuple[float, float]) -> None:
         self.answers = answers
         self.slow = slow
+        # (seconds before the answer's head, seconds between events): a model's time to
+        # first token and per-token gap; (0, 0) sends as fast as the loop allows.
+        self.first_token, self.gap = pacing
         self.buffer = bytearray()
         self.transport: asyncio.Transport | None = None
         self.streaming: asyncio.Task[None] | None = None
@@ -122,7 +129,6 @@ class Connection(asyncio.Protocol):
         if not head.startswith(b"post /v1/messages"):
             self.transport.write(self.answers.not_found)
         elif _wants_stream(body):
-            self.transport.write(self.answers.sse_head)
             self.streaming = asyncio.ensure_future(self._stream())
         else:
             self.transport.write(self.answers.json)
@@ -131,6 +137,9 @@ class Connection(asyncio.Protocol):
         assert self.transport is not None
         transport = self.transport
         events = self.answers.sse_events
+        if self.first_token:
+            await asyncio.sleep(self.first_token)
+        transport.write(self.answers.sse_head)
         if self.slow:
             # message_start, ping, content_block_start, then one text delta a second
             transport.write(b"".join(events[:3]))
@@ -140,18 +149,18 @@ class Connection(asyncio.Protocol):
             return
         for event in events:
             transport.write(event)
-            await asyncio.sleep(0)
+            await asyncio.sleep(self.gap)
         transport.write(self.answers.sse_end)
         self.streaming = None
         if self.buffer:
             self._serve()
 
 
-async def serve(port: int, mode: str, events: int) -> None:
+async def serve(port: int, mode: str, events: int, pacing: tuple[float, float]) -> None:
     answers = Answers(events)
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
-        lambda: Connection(answers, slow=mode == "slow"),
+        lambda: Connection(answers, slow=mode == "slow", pacing=pacing),
         "127.0.0.1",
         port,
         backlog=4096,
@@ -176,9 +185,14 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--mode", choices=("fast", "slow"), default="fast")
     parser.add_argument("--events", type=int, default=100, help="text deltas per answer")
+    parser.add_argument(
+        "--first-token-ms", type=float, default=0, help="wait before a stream's head"
+    )
+    parser.add_argument("--gap-ms", type=float, default=0, help="wait between SSE events")
     args = parser.parse_args()
     raise_fd_limit()
-    uvloop.run(serve(args.port, args.mode, args.events))
+    pacing = (args.first_token_ms / 1000, args.gap_ms / 1000)
+    uvloop.run(serve(args.port, args.mode, args.events, pacing))
 
 
 if __name__ == "__main__":

@@ -61,10 +61,26 @@ def test_first_byte_two_workers_and_held_streams_are_measured(smoke: Path) -> No
 
 
 @pytest.mark.slow
+def test_compare_mode_is_timed_against_anthropic_only(smoke: Path) -> None:
+    results = json.loads((smoke / "results.json").read_text())
+
+    assert set(results["compare"]) == {"instant-c1", "instant-c8", "model-c1", "model-c8"}
+    for key, row in results["compare"].items():
+        for mode in ("anthropic-only", "compare"):
+            assert row[mode]["samples"] > 0, (key, mode)
+            assert 0 < row[mode]["first_p50_ms"] <= row[mode]["end_p50_ms"], (key, mode)
+        assert row["ratio"]["end_p50_ms"] > 0, key
+        assert isinstance(row["within_5pct"], bool), key
+    # the model-like stand-ins wait before the first token: the timings must show it
+    assert results["compare"]["model-c1"]["anthropic-only"]["first_p50_ms"] >= 300
+
+
+@pytest.mark.slow
 def test_writes_the_table_and_the_chart(smoke: Path) -> None:
     table = (smoke / "results.md").read_text()
 
     assert "Pinning: proxy under test on core" in table
     assert "| cc-proxy |" in table
     assert "**Bars**" in table
+    assert "**Compare mode against anthropic-only**" in table
     assert (smoke / "cpu_per_request.png").read_bytes().startswith(b"\x89PNG")
