@@ -92,12 +92,13 @@ def raise_fd_limit(wanted: int) -> int:
     return target
 
 
-def pinned(core: int | None) -> Callable[[], None] | None:
-    if core is None:
-        return None
+def pinned(core: int | None) -> Callable[[], None]:
+    """What a child runs before exec: pinned to `core`, or, for None, free on every core
+    (the harness pins itself to the load core, and a child would inherit that)."""
+    cores = {core} if core is not None else set(range(os.cpu_count() or 1))
 
     def pin() -> None:
-        os.sched_setaffinity(0, {core})
+        os.sched_setaffinity(0, cores)
 
     return pin
 

@@ -6,10 +6,12 @@ streaming one. The answers are the embedded stand-in's (`cc_proxy.standin`), bui
 
 In `fast` mode each SSE event is its own write, and the upstream yields to its loop
 between events, as a model server does between tokens: a relay sees events one by one
-rather than one burst per answer. In `slow` mode it sends one event per second (the
+rather than one burst per answer. In `burst` mode a stream is one write, the cheapest
+upstream there is (for the two-core part, where the upstream shares the cores with the
+relay under test). In `slow` mode it sends one event per second (the
 concurrency test's idle streams) until the client leaves.
 
-    python -m bench.upstream --port 0 [--mode fast|slow] [--events 100]
+    python -m bench.upstream --port 0 [--mode fast|burst|slow] [--events 100]
         [--first-token-ms 0] [--gap-ms 0]
 
 `--first-token-ms` and `--gap-ms` pace a fast-mode stream like a model (its time to first
@@ -73,6 +75,7 @@ class Answers:
         # `message_events` splits the text into one delta per word: `events` deltas.
         self.sse_events = [_chunk(event) for event in message_events(message)]
         self.sse_end = b"0\r\n\r\n"
+        self.sse_burst = self.sse_head + b"".join(self.sse_events) + self.sse_end
         self.not_found = b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n"
 
 
@@ -82,9 +85,10 @@ def _wants_stream(body: bytes) -> bool:
 
 
 class Connection(asyncio.Protocol):
-    def __init__(self, answers: Answers, slow: bool, pacing: tuple[float, float]) -> None:
+    def __init__(self, answers: Answers, mode: str, pacing: tuple[float, float]) -> None:
         self.answers = answers
-        self.slow = slow
+        self.slow = mode == "slow"
+        self.burst = mode == "burst"
         # (seconds before the answer's head, seconds between events): a model's time to
         # first token and per-token gap; (0, 0) sends as fast as the loop allows.
         self.first_token, self.gap = pacing
@@ -128,6 +132,8 @@ class Connection(asyncio.Protocol):
         assert self.transport is not None
         if not head.startswith(b"post /v1/messages"):
             self.transport.write(self.answers.not_found)
+        elif self.burst and _wants_stream(body):
+            self.transport.write(self.answers.sse_burst)
         elif _wants_stream(body):
             self.streaming = asyncio.ensure_future(self._stream())
         else:
@@ -160,7 +166,7 @@ async def serve(port: int, mode: str, events: int, pacing: tuple[float, float]) 
     answers = Answers(events)
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
-        lambda: Connection(answers, slow=mode == "slow", pacing=pacing),
+        lambda: Connection(answers, mode, pacing=pacing),
         "127.0.0.1",
         port,
         backlog=4096,
@@ -183,7 +189,7 @@ def raise_fd_limit() -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.upstream")
     parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--mode", choices=("fast", "slow"), default="fast")
+    parser.add_argument("--mode", choices=("fast", "burst", "slow"), default="fast")
     parser.add_argument("--events", type=int, default=100, help="text deltas per answer")
     parser.add_argument(
         "--first-token-ms", type=float, default=0, help="wait before a stream's head"
