@@ -7,7 +7,7 @@ estimate in the same shape keeps Claude Code working; it only needs to be roughl
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 # About four characters of English or code per token: the usual rule of thumb for
@@ -18,7 +18,7 @@ TOKENS_PER_ATTACHMENT = 1600
 _ATTACHMENTS = frozenset({"image", "document"})
 
 
-def estimate_input_tokens(body: dict[str, Any]) -> int:
+def estimate_input_tokens(body: Mapping[str, Any]) -> int:
     chars = 0
     attachments = 0
     for item in _leaves(body.get("system"), body.get("messages"), body.get("tools")):

@@ -18,13 +18,14 @@ import aiohttp
 import orjson
 from starlette.types import Receive, Scope, Send
 
+from cc_proxy.body import MessagesBody
 from cc_proxy.errors import ErrorType, GatewayError, error_body, sse_error_event
 from cc_proxy.estimate import estimate_input_tokens
 from cc_proxy.exchange import Exchange, Observers, Outcome, Role
 from cc_proxy.modes import Mode, ModeSwitch
 from cc_proxy.relay import Sink, relay
 from cc_proxy.shadow import Shadow
-from cc_proxy.shaping import PassthroughShaping, TargetShaping, exact_dumps
+from cc_proxy.shaping import PassthroughShaping, TargetShaping
 from cc_proxy.shared import Cell
 from cc_proxy.upstream import Upstream, response_headers
 
@@ -137,7 +138,7 @@ class EstimatingSink(ClientSink):
 
     __slots__ = ("_body", "_estimating")
 
-    def __init__(self, send: Send, request_id: bytes, body: dict[str, Any]) -> None:
+    def __init__(self, send: Send, request_id: bytes, body: Mapping[str, Any]) -> None:
         super().__init__(send, request_id)
         self._body = body
         self._estimating = False
@@ -226,22 +227,6 @@ async def read_body(scope: Scope, receive: Receive, limit: int, silence_secs: fl
             return b"".join(chunks)
 
 
-def parse_messages_body(raw: bytes) -> dict[str, Any]:
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise GatewayError(
-            400, ErrorType.INVALID_REQUEST, f"request body is not valid JSON: {exc}"
-        ) from None
-    if not isinstance(body, dict):
-        raise GatewayError(
-            400,
-            ErrorType.INVALID_REQUEST,
-            f"request body must be a JSON object, not {type(body).__name__}",
-        )
-    return body
-
-
 class Proxy:
     def __init__(
         self,
@@ -315,9 +300,9 @@ class Proxy:
         rid: bytes,
     ) -> None:
         raw = await read_body(scope, receive, self.max_body_bytes, self.client_timeout)
-        body: dict[str, Any] = {}
+        body: Mapping[str, Any] = {}
         if endpoint is Endpoint.MESSAGES or route.shape:
-            body = parse_messages_body(raw)
+            body = MessagesBody(raw)
             model = body.get("model")
             exchange.requested_model = exchange.model = model if isinstance(model, str) else None
             exchange.stream = body.get("stream") is True
@@ -327,7 +312,7 @@ class Proxy:
         if route.shape:
             shaped = self.shaping.shaped(body, sampling=endpoint is Endpoint.MESSAGES)
             if shaped is not None:
-                raw = exact_dumps(shaped)
+                raw = shaped.encode()
                 exchange.request = shaped
                 exchange.model = self.shaping.model or exchange.model
         elif route.strip_target_thinking:

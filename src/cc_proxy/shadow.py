@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import aiohttp
-import orjson
 from starlette.types import Scope
 
 from cc_proxy.exchange import Exchange, Observers, Outcome, Role
@@ -38,7 +37,7 @@ class Shadow:
         self._session = session
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def send(self, scope: Scope, primary: Exchange, body: dict[str, Any]) -> None:
+    def send(self, scope: Scope, primary: Exchange, body: Mapping[str, Any]) -> None:
         target = self._target
         session = self._session()
         if target is None or session is None:
@@ -81,13 +80,13 @@ class Shadow:
         target: Upstream,
         client_headers: list[tuple[bytes, bytes]],
         shadow: Exchange,
-        body: dict[str, Any],
+        body: Mapping[str, Any],
     ) -> None:
         try:
             shaped = self._shaping.shaped(body, sampling=True)
             if shaped is not None:
                 shadow.request = shaped
-                shadow.request_body = orjson.dumps(shaped)
+                shadow.request_body = shaped.encode()
             raw = shadow.request_body
             headers = self._shaping.shape_headers(
                 target.request_headers(client_headers, identity=True)

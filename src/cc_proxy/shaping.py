@@ -14,13 +14,13 @@ those blocks taken out, since Anthropic would reject the request for them.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-
+from cc_proxy.body import MessagesBody, ShapedBody
 from cc_proxy.config import TargetSettings
+from cc_proxy.errors import GatewayError
 from cc_proxy.thinking import ThinkingSignatures
 from cc_proxy.upstream import Headers
 
@@ -109,13 +109,6 @@ def _signature(block: dict[str, Any]) -> str:
     return signature if isinstance(signature, str) else ""
 
 
-def exact_dumps(body: dict[str, Any]) -> bytes:
-    """`body` as JSON bytes of their exact size. orjson's bytes keep the capacity of its
-    write buffer (262 KB for a 76 KB Claude Code body), and an upstream-bound body is held
-    while the answer streams, for minutes."""
-    return bytes(memoryview(orjson.dumps(body)))
-
-
 @dataclass(frozen=True, slots=True)
 class TargetShaping:
     model: str | None
@@ -151,12 +144,12 @@ class TargetShaping:
             ),
         )
 
-    def shape(self, body: dict[str, Any], *, sampling: bool) -> bytes | None:
+    def shape(self, body: Mapping[str, Any], *, sampling: bool) -> bytes | None:
         """The target-bound bytes, or None when nothing needs to change."""
         shaped = self.shaped(body, sampling=sampling)
-        return None if shaped is None else exact_dumps(shaped)
+        return None if shaped is None else shaped.encode()
 
-    def shaped(self, body: dict[str, Any], *, sampling: bool) -> dict[str, Any] | None:
+    def shaped(self, body: Mapping[str, Any], *, sampling: bool) -> ShapedBody | None:
         """The target-bound body, or None when nothing needs to change."""
         changes: dict[str, Any] = {}
         if self.model is not None and body.get("model") != self.model:
@@ -180,10 +173,7 @@ class TargetShaping:
         dropped = self.drop_fields.intersection(body)
         if not changes and not dropped:
             return None
-        shaped = {**body, **changes}
-        for name in dropped:
-            del shaped[name]
-        return shaped
+        return ShapedBody(body, changes, dropped)
 
     def shape_headers(self, headers: Headers) -> Headers:
         """Target-bound headers: the `drop_betas` taken out of `anthropic-beta`."""
@@ -208,7 +198,7 @@ class PassthroughShaping:
 
     target_thinking: ThinkingSignatures
 
-    def shape(self, raw: bytes, body: dict[str, Any] | None) -> bytes | None:
+    def shape(self, raw: bytes, body: Mapping[str, Any] | None) -> bytes | None:
         """The bytes to send instead of `raw`, or None to send `raw` unchanged."""
         known = self.target_thinking
         # Nothing remembered (the gateway never served target thinking) or no thinking in
@@ -217,11 +207,9 @@ class PassthroughShaping:
             return None
         if body is None:
             try:
-                body = orjson.loads(raw)
-            except orjson.JSONDecodeError:
-                return None
-            if not isinstance(body, dict):
-                return None
+                body = MessagesBody(raw)
+            except GatewayError:
+                return None  # not for the gateway to refuse: the passthrough answers it
         messages = body.get("messages")
         kept = without_thinking(
             messages,
@@ -229,4 +217,4 @@ class PassthroughShaping:
         )
         if kept is messages:
             return None
-        return exact_dumps({**body, "messages": kept})
+        return ShapedBody(body, {"messages": kept}, ()).encode()

@@ -1,0 +1,131 @@
+"""A Messages request body: checked whole, decoded only where it is read.
+
+A Claude Code request is 78 KB and more (64 KB of it tool definitions) and grows with
+the conversation. The gateway must reject one that is not a JSON object (SPEC.md §4), but
+it reads only a few of its fields: `model` and `stream` always, `system` and `messages`
+for some shaping rules, the rest for traces. So the body is validated in one pass that
+keeps each top-level value as the client's bytes (msgspec's `Raw`), values are decoded
+when first read, and a reshaped body is written back from those bytes with only the
+changed fields encoded. Measured on the recorded Claude Code request: 49 µs to check
+and split it against 136 µs for a full decode plus 31 µs to encode it again, and none of
+the thousands of objects a full decode makes for the collector to walk while the answer
+streams.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterator, Mapping
+from typing import Any
+
+import msgspec
+import orjson
+
+from cc_proxy.errors import ErrorType, GatewayError
+
+_FIELDS = msgspec.json.Decoder(dict[str, msgspec.Raw])
+
+
+def _invalid(reason: str) -> GatewayError:
+    return GatewayError(400, ErrorType.INVALID_REQUEST, reason)
+
+
+class MessagesBody(Mapping[str, Any]):
+    """The client's body as a read-only mapping; `raw` is its bytes, unchanged."""
+
+    __slots__ = ("_fields", "_values", "raw")
+
+    def __init__(self, raw: bytes) -> None:
+        """Raises a 400 `GatewayError` for a body that is not a JSON object."""
+        try:
+            fields = _FIELDS.decode(raw)
+        except msgspec.ValidationError:
+            # Valid JSON, but not an object: name what it is, as a full decode can.
+            kind = type(orjson.loads(raw)).__name__
+            raise _invalid(f"request body must be a JSON object, not {kind}") from None
+        except msgspec.DecodeError as exc:
+            raise _invalid(f"request body is not valid JSON: {exc}") from None
+        # Strings kept as bytes were not decoded, so not checked as UTF-8 either.
+        if not raw.isascii():
+            try:
+                raw.decode()
+            except UnicodeDecodeError as exc:
+                raise _invalid(f"request body is not valid JSON: {exc}") from None
+        self.raw = raw
+        self._fields = fields
+        self._values: dict[str, Any] = {}
+
+    def __getitem__(self, key: str) -> Any:
+        try:
+            return self._values[key]
+        except KeyError:
+            value = self._values[key] = orjson.loads(memoryview(self._fields[key]))
+            return value
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._fields
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._fields)
+
+    def __len__(self) -> int:
+        return len(self._fields)
+
+    def field_bytes(self, key: str) -> msgspec.Raw:
+        """A field's value as the client wrote it."""
+        return self._fields[key]
+
+    def changed(self, changes: Mapping[str, Any], dropped: Collection[str] = ()) -> ShapedBody:
+        return ShapedBody(self, changes, dropped)
+
+
+class ShapedBody(Mapping[str, Any]):
+    """A body with some fields replaced, added or removed; `encode` writes it out, the
+    unchanged fields as their original bytes when the base is a `MessagesBody`."""
+
+    __slots__ = ("_base", "_changes", "_dropped")
+
+    def __init__(
+        self, base: Mapping[str, Any], changes: Mapping[str, Any], dropped: Collection[str]
+    ) -> None:
+        self._base = base
+        self._changes = changes
+        self._dropped = frozenset(dropped)
+
+    def __getitem__(self, key: str) -> Any:
+        if key in self._dropped:
+            raise KeyError(key)
+        if key in self._changes:
+            return self._changes[key]
+        return self._base[key]
+
+    def __iter__(self) -> Iterator[str]:
+        for key in self._base:
+            if key not in self._dropped:
+                yield key
+        for key in self._changes:
+            if key not in self._base and key not in self._dropped:
+                yield key
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def encode(self) -> bytes:
+        base, changes = self._base, self._changes
+        if not isinstance(base, MessagesBody):
+            return exact_dumps(dict(self))
+        parts: list[bytes | msgspec.Raw] = []
+        for key in self:
+            value = orjson.dumps(changes[key]) if key in changes else base.field_bytes(key)
+            parts += (b",", orjson.dumps(key), b":", value)
+        if not parts:
+            return b"{}"
+        parts[0] = b"{"
+        parts.append(b"}")
+        return b"".join(parts)  # Raw is a buffer: its bytes are copied once, here
+
+
+def exact_dumps(body: Mapping[str, Any]) -> bytes:
+    """`body` as JSON bytes of their exact size. orjson's bytes keep the capacity of its
+    write buffer (262 KB for a 76 KB Claude Code body), and an upstream-bound body is held
+    while the answer streams, for minutes."""
+    return bytes(memoryview(orjson.dumps(body)))

@@ -1,0 +1,87 @@
+"""The request body kept as the client's bytes: checked whole, decoded where read, and
+written back with only the changed fields encoded."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cc_proxy.body import MessagesBody, ShapedBody
+from cc_proxy.errors import GatewayError
+
+FIXTURE = Path(__file__).parent / "fixtures" / "claude-code-2.1.197" / "basic.json"
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
+    ),
+    max_leaves=10,
+)
+objects = st.dictionaries(st.text(max_size=6), json_values, max_size=6)
+
+
+def test_fields_are_decoded_on_demand_and_equal_a_full_decode() -> None:
+    raw = json.dumps(json.loads(FIXTURE.read_text())["body"]).encode()
+    body = MessagesBody(raw)
+    assert body.raw is raw
+    assert dict(body) == orjson.loads(raw)
+    assert body["messages"] is body["messages"]  # decoded once
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (b"not json", "request body is not valid JSON"),
+        (b'{"model": "m",}', "request body is not valid JSON"),
+        (b'{"model": "m"} trailing', "request body is not valid JSON"),
+        (b'{"messages": [{"content": "\xff"}]}', "request body is not valid JSON"),
+        (b"[1, 2]", "request body must be a JSON object, not list"),
+        (b'"text"', "request body must be a JSON object, not str"),
+        (b"", "request body is not valid JSON"),
+    ],
+)
+def test_a_body_that_is_not_a_json_object_is_a_400_naming_why(raw: bytes, reason: str) -> None:
+    with pytest.raises(GatewayError) as refused:
+        MessagesBody(raw)
+    assert refused.value.status == 400
+    assert refused.value.message.startswith(reason)
+
+
+def test_unchanged_fields_keep_the_clients_exact_bytes() -> None:
+    raw = b'{ "model" : "claude" , "tools" : [ {"name" : "Bash"} ],\n "stream": true }'
+    shaped = MessagesBody(raw).changed({"model": "glm-5", "temperature": 0.2}, {"stream"})
+    assert shaped.encode() == b'{"model":"glm-5","tools":[ {"name" : "Bash"} ],"temperature":0.2}'
+    assert dict(shaped) == {"model": "glm-5", "tools": [{"name": "Bash"}], "temperature": 0.2}
+    assert "stream" not in shaped
+    assert len(shaped) == 3
+
+
+def test_everything_dropped_is_an_empty_object() -> None:
+    assert MessagesBody(b'{"a": 1}').changed({}, {"a"}).encode() == b"{}"
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    original=objects,
+    changes=st.dictionaries(st.text(max_size=6), json_values, max_size=3),
+    dropped=st.sets(st.text(max_size=6), max_size=3),
+    indent=st.booleans(),
+)
+def test_a_shaped_body_encodes_to_what_its_mapping_says(
+    original: dict[str, Any], changes: dict[str, Any], dropped: set[str], indent: bool
+) -> None:
+    raw = orjson.dumps(original, option=orjson.OPT_INDENT_2 if indent else 0)
+    shaped = MessagesBody(raw).changed(changes, dropped)
+    expected = {k: v for k, v in {**original, **changes}.items() if k not in dropped}
+    assert orjson.loads(shaped.encode()) == expected == dict(shaped)
+    # the key order: the client's first, then the added ones
+    assert list(orjson.loads(shaped.encode())) == list(shaped)
+    # a plain mapping as the base gives the same object
+    assert orjson.loads(ShapedBody(original, changes, dropped).encode()) == expected
