@@ -175,7 +175,7 @@ def run_ttfb(
     for concurrency in (1, 50):
         key = f"c{concurrency}"
         found[key] = {relay.name: [] for relay in relays}
-        requests = args.ttfb_requests if concurrency == 1 else args.ttfb_requests * 5
+        requests = args.ttfb_requests if concurrency == 1 else args.ttfb_requests * 3
         for _ in range(args.rounds):
             for relay in relays:
                 result = measure_ttfb(relay.url, scenario, concurrency, requests)
@@ -363,7 +363,7 @@ def machine(proxy_core: int, load_core: int) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--smoke", action="store_true", help="a few seconds, every path once")
-    parser.add_argument("--seconds", type=float, default=5, help="length of one wrk run")
+    parser.add_argument("--seconds", type=float, default=4, help="length of one wrk run")
     parser.add_argument("--rounds", type=int, default=3, help="turns of every relay")
     parser.add_argument("--connections", type=int, default=50, help="wrk connections")
     parser.add_argument("--ttfb-requests", type=int, default=200, help="TTFB samples at c=1")
