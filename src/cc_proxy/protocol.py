@@ -19,6 +19,39 @@ from cc_proxy.errors import ErrorType, error_body
 
 # Claude Code's request heads are about 2 KiB; common servers stop at 8 to 64 KiB.
 MAX_HEAD_BYTES = 64 * 1024
+# The scope key of a request's `ClientLink`.
+CLIENT_LINK = "cc_proxy.client_link"
+
+
+class ClientLink:
+    """What ties a request's handler to its client's connection: while the handler holds
+    it, losing the connection cancels the handler's task, with `gone` set so that the
+    handler can tell this from a shutdown. A task per request waiting on `receive()` for
+    the disconnect did the same for 3% of a small request's CPU and a kilobyte and a
+    half of every stream held."""
+
+    __slots__ = ("_held", "gone", "task")
+
+    def __init__(self, held: set[ClientLink]) -> None:
+        self._held = held  # the connection's links that are held now
+        self.gone = False
+        self.task: asyncio.Task[Any] | None = None
+
+    def hold(self, task: asyncio.Task[Any]) -> None:
+        self.task = task
+        self._held.add(self)
+
+    def release(self) -> None:
+        """From now on the client leaving changes nothing (the answer is being ended)."""
+        self.task = None
+        self._held.discard(self)
+
+    def lost(self) -> None:
+        task = self.task
+        if task is not None:
+            self.release()
+            self.gone = True
+            task.cancel()
 
 
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
@@ -33,6 +66,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._head_bytes = 0
         self._head_timer: asyncio.TimerHandle | None = None
         self._refusal: tuple[HTTPStatus, ErrorType, str] | None = None
+        self._held_links: set[ClientLink] = set()
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -40,6 +74,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_timer()
+        for link in tuple(self._held_links):
+            link.lost()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -56,6 +92,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        self.scope[CLIENT_LINK] = ClientLink(self._held_links)  # type: ignore[literal-required]
         self._in_head = True
         self._head_bytes = 0
         self._arm_head_timer()

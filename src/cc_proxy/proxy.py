@@ -23,6 +23,7 @@ from cc_proxy.errors import ErrorType, GatewayError, error_body, sse_error_event
 from cc_proxy.estimate import estimate_input_tokens
 from cc_proxy.exchange import Exchange, Observers, Outcome, Role
 from cc_proxy.modes import Mode, ModeSwitch
+from cc_proxy.protocol import CLIENT_LINK, ClientLink
 from cc_proxy.relay import Sink, relay
 from cc_proxy.shadow import Shadow
 from cc_proxy.shaping import PassthroughShaping, TargetShaping
@@ -104,13 +105,20 @@ class ClientGone(Exception):
 
 
 class ClientSink(Sink):
-    """Relays the answer to the client over its ASGI connection."""
+    """Relays the answer to the client over its ASGI connection. Once the answer is being
+    ended (its last write, or an error in its place), the client leaving no longer
+    cancels the request: the link is let go."""
 
-    __slots__ = ("_request_id", "_send")
+    __slots__ = ("_link", "_request_id", "_send")
 
-    def __init__(self, send: Send, request_id: bytes) -> None:
+    def __init__(self, send: Send, request_id: bytes, link: ClientLink | None) -> None:
         self._send = send
         self._request_id = request_id
+        self._link = link
+
+    def _let_go(self) -> None:
+        if self._link is not None:
+            self._link.release()
 
     async def start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         relayed = response_headers(headers)
@@ -121,9 +129,11 @@ class ClientSink(Sink):
         await self._send({"type": "http.response.body", "body": chunk, "more_body": True})
 
     async def end(self) -> None:
+        self._let_go()
         await self._send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def fail(self, error: GatewayError, *, started: bool, sse: bool) -> None:
+        self._let_go()
         if not started:
             await send_json(self._send, error.status, error.body, self._request_id)
         elif sse:
@@ -138,8 +148,10 @@ class EstimatingSink(ClientSink):
 
     __slots__ = ("_body", "_estimating")
 
-    def __init__(self, send: Send, request_id: bytes, body: Mapping[str, Any]) -> None:
-        super().__init__(send, request_id)
+    def __init__(
+        self, send: Send, request_id: bytes, link: ClientLink | None, body: Mapping[str, Any]
+    ) -> None:
+        super().__init__(send, request_id, link)
         self._body = body
         self._estimating = False
 
@@ -156,6 +168,7 @@ class EstimatingSink(ClientSink):
         if not self._estimating:
             await super().end()
             return
+        self._let_go()
         estimate = orjson.dumps({"input_tokens": estimate_input_tokens(self._body)})
         await send_json(
             self._send, 200, estimate, self._request_id, [(b"x-cc-proxy-estimate", b"true")]
@@ -275,6 +288,13 @@ class Proxy:
             trace_content=self.tracing.enabled,
         )
         rid = request_id.encode()
+        # Losing the client cancels this task, wherever it waits: reading the body, queued
+        # for a slot, relaying. A self-hosted GPU stops generating for nobody, and a
+        # client that leaves while queued never reaches the upstream at all.
+        link: ClientLink | None = scope.get(CLIENT_LINK)
+        task = asyncio.current_task()
+        if link is not None and task is not None:
+            link.hold(task)
         self.observers.on_start(exchange)
         try:
             await self._forward(scope, receive, send, exchange, route, upstream, endpoint, rid)
@@ -282,10 +302,19 @@ class Proxy:
             exchange.outcome = Outcome.REJECTED
             exchange.status = error.status
             exchange.detail = error.message
+            if link is not None:
+                link.release()
             await send_json(send, error.status, error_body(error.kind, error.message), rid)
         except ClientGone:
             exchange.outcome = Outcome.CLIENT_GONE
+        except asyncio.CancelledError:
+            if link is None or not link.gone or task is None:
+                raise  # a shutdown, not the client
+            task.uncancel()
+            exchange.outcome = Outcome.CLIENT_GONE
         finally:
+            if link is not None:
+                link.release()
             self.observers.on_end(exchange)
 
     async def _forward(
@@ -326,57 +355,35 @@ class Proxy:
         headers = upstream.request_headers(scope["headers"], identity=exchange.is_messages)
         if route.upstream == "target":
             headers = self.shaping.shape_headers(headers)
-        sink = EstimatingSink(send, rid, body) if route.estimate else ClientSink(send, rid)
-        await self._relay_until_client_leaves(receive, exchange, upstream, headers, raw, sink)
+        link = scope.get(CLIENT_LINK)
+        sink = (
+            EstimatingSink(send, rid, link, body) if route.estimate else ClientSink(send, rid, link)
+        )
+        await self._relay(exchange, upstream, headers, raw, sink)
 
-    async def _relay_until_client_leaves(
+    async def _relay(
         self,
-        receive: Receive,
         exchange: Exchange,
         upstream: Upstream,
         headers: list[tuple[str, str]],
         body: bytes,
         sink: Sink,
     ) -> None:
-        """Take a slot of the upstream's limiter, relay, and stop the moment the client
-        disconnects: a self-hosted GPU stops generating for nobody, and a client that
-        leaves while queued for a slot never reaches the upstream at all."""
+        """Take a slot of the upstream's limiter (or refuse with 529) and relay."""
         assert self.session is not None
-        relaying = asyncio.current_task()
-        assert relaying is not None
-        gone = False
-
-        async def watch() -> None:
-            nonlocal gone
-            # The body is read; the next message can only be the disconnect (uvicorn also
-            # sends it once the response is complete, by which time this task is cancelled).
-            await receive()
-            if exchange.outcome is None:
-                gone = True
-                relaying.cancel()
-
-        watcher = asyncio.create_task(watch())
         limiter = upstream.limiter
+        if limiter is not None and not await limiter.acquire():
+            raise GatewayError(
+                529,
+                ErrorType.OVERLOADED,
+                f"upstream {upstream.name} is at its limit of {limiter.capacity} requests "
+                "in flight (target.max_concurrent); retry shortly",
+            )
         try:
-            if limiter is not None and not await limiter.acquire():
-                raise GatewayError(
-                    529,
-                    ErrorType.OVERLOADED,
-                    f"upstream {upstream.name} is at its limit of {limiter.capacity} requests "
-                    "in flight (target.max_concurrent); retry shortly",
-                )
-            try:
-                watchers = self.observers.watchers(exchange)
-                await relay(
-                    self.session, upstream, exchange, headers, body, sink, self.observers, watchers
-                )
-            finally:
-                if limiter is not None:
-                    limiter.release()
-        except asyncio.CancelledError:
-            if not gone:
-                raise
-            relaying.uncancel()
-            raise ClientGone from None
+            watchers = self.observers.watchers(exchange)
+            await relay(
+                self.session, upstream, exchange, headers, body, sink, self.observers, watchers
+            )
         finally:
-            watcher.cancel()
+            if limiter is not None:
+                limiter.release()
