@@ -64,9 +64,12 @@ class Exchange:
     model: str | None = None  # as sent upstream, after any rewrite
     stream: bool = False
     request_body: bytes = b""
-    # The Messages body as sent upstream, already parsed by the proxy (None elsewhere):
-    # observers read it instead of parsing the bytes again.
+    # The Messages body as sent upstream (None elsewhere), its fields decoded where read
+    # (`body.MessagesBody`): observers read it instead of parsing the bytes again.
     request: Mapping[str, Any] | None = None
+    # A non-streaming Messages answer whole, as relayed (None for a stream, and for an
+    # answer too large to count).
+    answer_json: bytes | None = None
     session_id: str | None = None  # Claude Code's X-Claude-Code-Session-Id
     started: float = field(default_factory=time.perf_counter)
     first_byte: float | None = None

@@ -227,4 +227,5 @@ async def _relay_body(
         await sink.body(chunk)
         chunk = await read()
     if collected is not None:
-        account_json(bytes(collected), exchange.usage)
+        exchange.answer_json = answer = bytes(collected)
+        account_json(answer, exchange.usage)

@@ -126,56 +126,41 @@ def signatures_in_message(answer: Any) -> list[str]:
     return found
 
 
-class _JsonReader:
-    __slots__ = ("_data", "_signatures")
-
-    def __init__(self, signatures: ThinkingSignatures) -> None:
-        self._signatures = signatures
-        self._data: bytearray | None = bytearray()
-
-    def feed(self, chunk: bytes) -> None:
-        if self._data is None:
-            return
-        self._data += chunk
-        if len(self._data) > MAX_SEARCHED_JSON_BYTES:
-            self._data = None
-
-    def finish(self) -> None:
-        if self._data is None or b'"thinking"' not in self._data:
-            return
-        try:
-            answer = orjson.loads(self._data)
-        except orjson.JSONDecodeError:
-            return
-        for signature in signatures_in_message(answer):
-            self._signatures.remember(signature)
-
-
 class TargetThinking(Observer):
-    """Remembers the thinking signatures of the target's answers that reach the client.
+    """Remembers the thinking signatures of the target's answers that reach the client:
+    a stream's as it is relayed, a whole answer's once it ends.
 
     Shadow answers are not watched: the client never sees them, so they never come back.
     """
 
     def __init__(self, signatures: ThinkingSignatures) -> None:
         self.signatures = signatures
-        self._json: dict[int, _JsonReader] = {}
+
+    def _watches(self, exchange: Exchange) -> bool:
+        return (
+            self.signatures.capacity > 0
+            and exchange.role is Role.PRIMARY
+            and exchange.upstream == "target"
+            and exchange.is_messages
+        )
 
     def body_watcher(self, exchange: Exchange) -> Callable[[bytes], None] | None:
-        if (
-            self.signatures.capacity <= 0
-            or exchange.role is not Role.PRIMARY
-            or exchange.upstream != "target"
-            or not exchange.is_messages
-        ):
-            return None
-        if exchange.stream:
+        if exchange.stream and self._watches(exchange):
             return _StreamReader(self.signatures).feed
-        reader = _JsonReader(self.signatures)
-        self._json[id(exchange)] = reader
-        return reader.feed
+        return None
 
     def on_end(self, exchange: Exchange) -> None:
-        reader = self._json.pop(id(exchange), None)
-        if reader is not None:
-            reader.finish()
+        answer = exchange.answer_json
+        if (
+            answer is None
+            or len(answer) > MAX_SEARCHED_JSON_BYTES
+            or b'"thinking"' not in answer
+            or not self._watches(exchange)
+        ):
+            return
+        try:
+            parsed = orjson.loads(answer)
+        except orjson.JSONDecodeError:
+            return
+        for signature in signatures_in_message(parsed):
+            self.signatures.remember(signature)
