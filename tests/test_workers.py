@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from harness import ScriptedUpstream, wait_until
 from test_process import WAIT, GatewayProcess, assert_no_secrets, gateway_env
@@ -62,6 +63,14 @@ def on_each_worker(url: str, call: Any) -> dict[int, list[Any]]:
     return answered
 
 
+def ask_for_tokens(client: httpx.Client) -> int:
+    """One /v1/messages request; the output tokens its answer reports."""
+    answer = client.post("/v1/messages", json=REQUEST)
+    assert answer.status_code == 200
+    output_tokens: int = answer.json()["usage"]["output_tokens"]
+    return output_tokens
+
+
 def test_workers_share_the_port(workers: GatewayProcess) -> None:
     answered = on_each_worker(workers.local_url(), lambda client: client.get("/health").json())
 
@@ -92,13 +101,7 @@ def test_a_mode_switch_reaches_every_worker(
 def test_stats_count_what_every_worker_served(workers: GatewayProcess) -> None:
     url = workers.local_url()
 
-    def ask(client: httpx.Client) -> int:
-        answer = client.post("/v1/messages", json=REQUEST)
-        assert answer.status_code == 200
-        output_tokens: int = answer.json()["usage"]["output_tokens"]
-        return output_tokens
-
-    answered = on_each_worker(url, ask)
+    answered = on_each_worker(url, ask_for_tokens)
     sent = sum(len(answers) for answers in answered.values())
     tokens = sum(sum(answers) for answers in answered.values())
 
@@ -109,6 +112,37 @@ def test_stats_count_what_every_worker_served(workers: GatewayProcess) -> None:
             assert report["total_requests"] == sent
             assert report["output_tokens"] == tokens
             assert report["requests_by_mode"] == {"target": sent}
+
+
+def _scraped(client: httpx.Client) -> dict[str, float]:
+    """`/metrics` as sample name and labels -> value, with the worker that answered."""
+    text = client.get("/metrics").text
+    samples: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+            samples[f"{sample.name}{{{labels}}}"] = sample.value
+    return samples
+
+
+def test_metrics_count_what_every_worker_served(workers: GatewayProcess) -> None:
+    url = workers.local_url()
+
+    answered = on_each_worker(url, ask_for_tokens)
+    sent = sum(len(answers) for answers in answered.values())
+    tokens = sum(sum(answers) for answers in answered.values())
+    labels = "mode=target,model=glm-5,outcome=complete,role=primary,status=200,upstream=target"
+
+    # Scraped through each worker: both must show what both served, so that a counter
+    # never seems to go back when the next scrape reaches the other worker.
+    scrapes = on_each_worker(url, _scraped)
+    for samples in (sample for each in scrapes.values() for sample in each):
+        assert samples[f"cc_proxy_requests_total{{{labels}}}"] == sent
+        tokens_key = "cc_proxy_tokens_total{kind=output,model=glm-5,role=primary,upstream=target}"
+        assert samples[tokens_key] == tokens
+        assert samples["cc_proxy_duration_seconds_count{role=primary,upstream=target}"] == sent
+        # Nothing is in flight but the scrape itself, which is not a proxied request.
+        assert samples["cc_proxy_in_flight_requests{upstream=target}"] == 0
 
 
 def test_sigterm_stops_every_worker_and_exits_0(workers: GatewayProcess) -> None:

@@ -110,7 +110,12 @@ class Gateway:
         self.stats = Stats(shared.counters(worker) if shared else None)
         self.records = CompareRecorder(settings.compare)
         self.observers = Observers([self.stats, AccessLog(), ContentLog(), self.records])
-        self.metrics = Metrics(self.upstreams, self.modes, [settings.target.model])
+        self.metrics = Metrics(
+            self.upstreams,
+            self.modes,
+            [settings.target.model],
+            shared_dir=shared.metrics_dir if shared else None,
+        )
         self.observers.add(self.metrics)
         self.activity = Activity(self.upstreams)
         self.observers.add(self.activity)

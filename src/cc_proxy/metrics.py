@@ -5,10 +5,16 @@ Every label value comes from a small bounded set, never from free text a client 
 a model name is one from the configuration, a Claude family (`claude-sonnet`), `none`
 or `other`; an error type is a known Anthropic type or one of the gateway's outcomes.
 The registry is the gateway's own, so two gateways in one process never share figures.
+
+With `server.workers = N`, every worker keeps its figures in files of one directory
+(prometheus-client's multiprocess mode) and `/metrics`, whichever worker answers, adds
+them all up: a counter never seems to go back because the scrape reached another worker.
+The limiter gauges stay the answering worker's own (each has its share of the slots).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Generic, TypeVar
 
@@ -19,8 +25,10 @@ from prometheus_client import (
     Histogram,
     disable_created_metrics,
     generate_latest,
+    values,
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from cc_proxy.exchange import Exchange, Observer, Outcome
@@ -142,13 +150,24 @@ class _Live(Collector):
         yield from (capacity, in_use, waiting, saturation)
 
 
+def share_across_workers(directory: str, worker: int) -> None:
+    """In worker `worker`, before any metric is made: its values live in `directory`,
+    where every worker's `/metrics` reads them (see the module's docstring)."""
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+    # The value class is chosen when each metric is made; the worker's number, not its
+    # pid, names its files: distinct among the workers running, as the library requires.
+    values.ValueClass = values.MultiProcessValue(lambda: worker)  # type: ignore[no-untyped-call]
+
+
 class Metrics(Observer):
     def __init__(
         self,
         upstreams: Mapping[str, Upstream],
         modes: ModeSwitch,
         models: Iterable[str | None] = (),
+        shared_dir: str | None = None,
     ) -> None:
+        """`shared_dir`: the directory of `share_across_workers`, when there are workers."""
         self.registry = registry = CollectorRegistry(auto_describe=True)
         self._model = ModelLabels(models)
 
@@ -193,6 +212,7 @@ class Metrics(Observer):
                 "exchanges started and not yet ended",
                 ["upstream"],
                 registry=registry,
+                multiprocess_mode="livesum",  # with workers: the sum over the running ones
             )
         )
         self._shadow_dropped = Counter(
@@ -200,7 +220,14 @@ class Metrics(Observer):
             "compare-mode copies not sent because the target was saturated",
             registry=registry,
         )
-        registry.register(_Live(upstreams, modes))
+        live = _Live(upstreams, modes)
+        registry.register(live)
+        # What `/metrics` shows: this registry, or with workers every worker's files.
+        self._shown = registry
+        if shared_dir is not None:
+            self._shown = CollectorRegistry()
+            MultiProcessCollector(self._shown, path=shared_dir)  # type: ignore[no-untyped-call]
+            self._shown.register(live)
         for name in upstreams:
             self._in_flight(name)  # shown at 0 before the first request
 
@@ -238,4 +265,4 @@ class Metrics(Observer):
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every figure."""
-        return generate_latest(self.registry)
+        return generate_latest(self._shown)

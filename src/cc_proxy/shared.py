@@ -59,9 +59,11 @@ class Counters:
 class SharedState:
     """The shared map for `workers` processes, each counting `width` figures."""
 
-    def __init__(self, workers: int, width: int) -> None:
+    def __init__(self, workers: int, width: int, metrics_dir: str | None = None) -> None:
         self.workers = workers
         self.width = width
+        # Where each worker keeps its Prometheus figures (`metrics.share_across_workers`).
+        self.metrics_dir = metrics_dir
         self._map = mmap.mmap(-1, _WORD * (_SWITCHES + workers * width))
         self._words = memoryview(self._map).cast("q")
 

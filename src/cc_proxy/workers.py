@@ -15,13 +15,16 @@ import contextlib
 import ctypes
 import logging
 import os
+import shutil
 import signal
 import socket
+import tempfile
 from collections.abc import Callable
 from types import FrameType
 
 from cc_proxy.app import Gateway
 from cc_proxy.config import Settings
+from cc_proxy.metrics import share_across_workers
 from cc_proxy.modes import number_of
 from cc_proxy.server import (
     announce,
@@ -52,8 +55,8 @@ def bind_all(listen_address: str, count: int) -> list[socket.socket]:
     return sockets
 
 
-def shared_state(settings: Settings) -> SharedState:
-    state = SharedState(settings.server.workers, WIDTH)
+def shared_state(settings: Settings, metrics_dir: str) -> SharedState:
+    state = SharedState(settings.server.workers, WIDTH, metrics_dir)
     state.mode().value = number_of(settings.default_mode)
     state.tracing().value = int(settings.tracing.enabled)
     return state
@@ -69,6 +72,8 @@ def _die_with_parent(parent: int) -> None:
 
 
 def _run_worker(settings: Settings, state: SharedState, index: int, sock: socket.socket) -> int:
+    if state.metrics_dir is not None:
+        share_across_workers(state.metrics_dir, index)
     server = uvicorn_server(Gateway(settings, state, index))
 
     def stop(signum: int, frame: FrameType | None) -> None:
@@ -86,7 +91,9 @@ def serve_workers(settings: Settings, on_listening: Callable[[str], None] | None
     raise_open_files_limit()  # before the fork: every worker inherits it
     sockets = bind_all(settings.server.listen_address, count)
     url = url_of(sockets[0])
-    state = shared_state(settings)
+    # The workers' Prometheus files: made empty for this run, removed when it ends.
+    metrics_dir = tempfile.mkdtemp(prefix="cc-proxy-metrics-")
+    state = shared_state(settings, metrics_dir)
     stopping = False
     workers: dict[int, int] = {}
 
@@ -129,5 +136,6 @@ def serve_workers(settings: Settings, on_listening: Callable[[str], None] | None
             log.error("worker %d exited with code %d; stopping the others", index, code)
             exit_code = exit_code or 1
             stop()
+    shutil.rmtree(metrics_dir, ignore_errors=True)
     log.info("cc-proxy stopped")
     return exit_code
