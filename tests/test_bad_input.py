@@ -180,9 +180,18 @@ def test_unparseable_framing_is_400_in_the_anthropic_shape(
         refused_with(sock, 400, "invalid_request_error")
 
 
-def test_invalid_utf8_in_a_json_string_is_400(start_gateway: GatewayFactory) -> None:
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"model": "m", "max_tokens": 8, "messages": [{"role": "user", "content": "\xff"}]}',
+        # deeper than any JSON decoder here goes, inside a field and as the whole body
+        b'{"model": "m", "messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+        b"[" * 5000 + b"]" * 5000,
+    ],
+    ids=["invalid-utf8", "nested-too-deep-in-a-field", "nested-too-deep"],
+)
+def test_a_body_json_decoders_refuse_is_400(start_gateway: GatewayFactory, raw: bytes) -> None:
     gateway = start_gateway()
-    raw = b'{"model": "m", "max_tokens": 8, "messages": [{"role": "user", "content": "\xff"}]}'
     with promises(gateway) as got, connection(gateway) as sock:
         sock.sendall(head("POST", "/v1/messages", f"content-length: {len(raw)}") + raw)
         status, headers, body = sock.read_answer()

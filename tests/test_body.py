@@ -45,6 +45,24 @@ def test_fields_are_decoded_on_demand_and_equal_a_full_decode() -> None:
         (b"[1, 2]", "request body must be a JSON object, not list"),
         (b'"text"', "request body must be a JSON object, not str"),
         (b"", "request body is not valid JSON"),
+        (b"[1,", "request body is not valid JSON"),
+        (b"[" * 5000 + b"]" * 5000, "request body is not valid JSON"),
+        (
+            b'{"messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+            "request body is not valid JSON",
+        ),
+    ],
+    ids=[
+        "not-json",
+        "trailing-comma",
+        "trailing-text",
+        "bad-utf8",
+        "array",
+        "string",
+        "empty",
+        "cut-array",
+        "deep-array",
+        "deep-field",
     ],
 )
 def test_a_body_that_is_not_a_json_object_is_a_400_naming_why(raw: bytes, reason: str) -> None:

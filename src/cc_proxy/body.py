@@ -39,11 +39,17 @@ class MessagesBody(Mapping[str, Any]):
         try:
             fields = _FIELDS.decode(raw)
         except msgspec.ValidationError:
-            # Valid JSON, but not an object: name what it is, as a full decode can.
-            kind = type(orjson.loads(raw)).__name__
+            # Not an object: name what it is, or why it is not JSON at all.
+            try:
+                kind = type(orjson.loads(raw)).__name__
+            except orjson.JSONDecodeError as exc:
+                raise _invalid(f"request body is not valid JSON: {exc}") from None
             raise _invalid(f"request body must be a JSON object, not {kind}") from None
         except msgspec.DecodeError as exc:
             raise _invalid(f"request body is not valid JSON: {exc}") from None
+        except RecursionError:
+            # msgspec walks nested values by recursion; orjson stops at 1024 levels.
+            raise _invalid("request body is not valid JSON: nested too deeply") from None
         # Strings kept as bytes were not decoded, so not checked as UTF-8 either.
         if not raw.isascii():
             try:
