@@ -176,20 +176,27 @@ class TtfbResult:
     p99_ms: float
 
 
-def measure_ttfb(url: str, scenario: Scenario, concurrency: int, requests: int) -> TtfbResult:
+def _run_timed(
+    url: str, scenario: Scenario, concurrency: int, requests: int, timeout: float
+) -> list[tuple[float, float]]:
+    """`requests` spread over `concurrency` connections, within `timeout` seconds."""
     per_connection = max(1, requests // concurrency)
-    timed = uvloop.run(asyncio.wait_for(_timed(url, scenario, concurrency, per_connection), 300))
-    times = sorted(first for first, _ in timed)
-    return TtfbResult(
-        samples=len(times),
-        p50_ms=statistics.median(times) * 1000,
-        p99_ms=times[min(len(times) - 1, int(len(times) * 0.99))] * 1000,
-    )
+    timed = _timed(url, scenario, concurrency, per_connection)
+    return uvloop.run(asyncio.wait_for(timed, timeout))
 
 
 def _quantile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
+
+
+def measure_ttfb(url: str, scenario: Scenario, concurrency: int, requests: int) -> TtfbResult:
+    first = [f * 1000 for f, _ in _run_timed(url, scenario, concurrency, requests, 300)]
+    return TtfbResult(
+        samples=len(first),
+        p50_ms=statistics.median(first),
+        p99_ms=_quantile(first, 0.99),
+    )
 
 
 @dataclass
@@ -204,8 +211,7 @@ class LatencyResult:
 
 
 def measure_latency(url: str, scenario: Scenario, concurrency: int, requests: int) -> LatencyResult:
-    per_connection = max(1, requests // concurrency)
-    timed = uvloop.run(asyncio.wait_for(_timed(url, scenario, concurrency, per_connection), 600))
+    timed = _run_timed(url, scenario, concurrency, requests, 600)
     first = [f * 1000 for f, _ in timed]
     end = [e * 1000 for _, e in timed]
     return LatencyResult(

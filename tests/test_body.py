@@ -74,7 +74,7 @@ def test_a_body_that_is_not_a_json_object_is_a_400_naming_why(raw: bytes, reason
 
 def test_unchanged_fields_keep_the_clients_exact_bytes() -> None:
     raw = b'{ "model" : "claude" , "tools" : [ {"name" : "Bash"} ],\n "stream": true }'
-    shaped = MessagesBody(raw).changed({"model": "glm-5", "temperature": 0.2}, {"stream"})
+    shaped = ShapedBody(MessagesBody(raw), {"model": "glm-5", "temperature": 0.2}, {"stream"})
     assert shaped.encode() == b'{"model":"glm-5","tools":[ {"name" : "Bash"} ],"temperature":0.2}'
     assert dict(shaped) == {"model": "glm-5", "tools": [{"name": "Bash"}], "temperature": 0.2}
     assert "stream" not in shaped
@@ -82,7 +82,7 @@ def test_unchanged_fields_keep_the_clients_exact_bytes() -> None:
 
 
 def test_everything_dropped_is_an_empty_object() -> None:
-    assert MessagesBody(b'{"a": 1}').changed({}, {"a"}).encode() == b"{}"
+    assert ShapedBody(MessagesBody(b'{"a": 1}'), {}, {"a"}).encode() == b"{}"
 
 
 @settings(max_examples=200, deadline=None)
@@ -96,7 +96,7 @@ def test_a_shaped_body_encodes_to_what_its_mapping_says(
     original: dict[str, Any], changes: dict[str, Any], dropped: set[str], indent: bool
 ) -> None:
     raw = orjson.dumps(original, option=orjson.OPT_INDENT_2 if indent else 0)
-    shaped = MessagesBody(raw).changed(changes, dropped)
+    shaped = ShapedBody(MessagesBody(raw), changes, dropped)
     expected = {k: v for k, v in {**original, **changes}.items() if k not in dropped}
     assert orjson.loads(shaped.encode()) == expected == dict(shaped)
     # the key order: the client's first, then the added ones

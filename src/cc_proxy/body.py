@@ -80,9 +80,6 @@ class MessagesBody(Mapping[str, Any]):
         """A field's value as the client wrote it."""
         return self._fields[key]
 
-    def changed(self, changes: Mapping[str, Any], dropped: Collection[str] = ()) -> ShapedBody:
-        return ShapedBody(self, changes, dropped)
-
 
 class ShapedBody(Mapping[str, Any]):
     """A body with some fields replaced, added or removed; `encode` writes it out, the

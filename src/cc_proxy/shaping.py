@@ -144,11 +144,6 @@ class TargetShaping:
             ),
         )
 
-    def shape(self, body: Mapping[str, Any], *, sampling: bool) -> bytes | None:
-        """The target-bound bytes, or None when nothing needs to change."""
-        shaped = self.shaped(body, sampling=sampling)
-        return None if shaped is None else shaped.encode()
-
     def shaped(self, body: Mapping[str, Any], *, sampling: bool) -> ShapedBody | None:
         """The target-bound body, or None when nothing needs to change."""
         changes: dict[str, Any] = {}
