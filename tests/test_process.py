@@ -590,3 +590,34 @@ def test_raises_its_open_files_limit_to_the_hard_one(launch: Any, target: Script
     limits = Path(f"/proc/{gateway.proc.pid}/limits").read_text()
     (line,) = [line for line in limits.splitlines() if line.startswith("Max open files")]
     assert line.split()[3:5] == [str(hard), str(hard)]
+
+
+# --- access lines --------------------------------------------------------------------------
+
+LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (INFO|WARNING) ([\w.]+) (.*)$")
+
+
+@pytest.mark.parametrize(("level", "shown"), [("info", {"200", "503"}), ("warning", {"503"})])
+def test_access_lines_read_as_log_records_and_follow_the_log_level(
+    launch: Any, target: ScriptedUpstream, level: str, shown: set[str]
+) -> None:
+    with socket.socket() as probe:  # at `warning` the listening line, INFO, is not shown
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = gateway_env(CC_SERVER__LISTEN_ADDRESS=f"127.0.0.1:{port}", CC_TRACING__LOG_LEVEL=level)
+    gateway: GatewayProcess = launch(["--target-url", target.url], env)
+    url = f"http://127.0.0.1:{port}"
+    assert wait_until(lambda: not refused(port), timeout=WAIT)
+    error = {"type": "error", "error": {"type": "overloaded_error", "message": "busy"}}
+    target.queue(Reply.json(error, 503))
+    body = {**STREAM_REQUEST, "stream": False}
+    with httpx.Client(base_url=url, timeout=WAIT) as http:
+        assert http.post("/v1/messages", json=body).status_code == 503
+        assert http.post("/v1/messages", json=body).status_code == 200
+    assert gateway.stop(signal.SIGTERM) == 0
+    records = [m.groups() for line in gateway.stderr if (m := LOG_LINE.match(line.rstrip("\n")))]
+    access = [(lvl, text) for lvl, name, text in records if name == "cc_proxy.access"]
+    assert {re.search(r" status=(\d+) ", text)[1] for _, text in access} == shown  # type: ignore[index]
+    assert all((lvl == "WARNING") == (" status=503 " in text) for lvl, text in access)
+    # Every other line of the program has the same shape.
+    assert len(records) == len([line for line in gateway.stderr if line.strip()])

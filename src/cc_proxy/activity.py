@@ -30,32 +30,72 @@ def _ms(value: float | None) -> float | None:
     return None if value is None else round(value, 1)
 
 
-def summary(exchange: Exchange, started_at: float) -> dict[str, Any]:
-    """An ended exchange as the dashboard lists it: no content, no headers."""
-    usage = exchange.usage
-    return {
-        "id": exchange.id,
-        "time": round(started_at, 3),
-        "role": exchange.role.value,
-        "mode": exchange.mode.value,
-        "upstream": exchange.upstream,
-        "method": exchange.method,
-        "path": _cut(exchange.path),
-        "status": exchange.status,
-        "outcome": exchange.outcome.value if exchange.outcome else None,
-        "requested_model": _cut(exchange.requested_model),
-        "model": _cut(exchange.model),
-        "stream": exchange.stream,
-        "ttft_ms": _ms(exchange.ttft_ms),
-        "duration_ms": _ms(exchange.duration_ms),
-        "input_tokens": usage.input_tokens,
-        "output_tokens": usage.output_tokens,
-        "cache_read_input_tokens": usage.cache_read_input_tokens,
-        "tool_calls": usage.tool_calls,
-        "stop_reason": usage.stop_reason,
-        "error_type": usage.error_type,
-        "detail": exchange.detail,
-    }
+class _Ended:
+    """An ended exchange as the ring keeps it: the few values the dashboard lists, made
+    into a `summary` only when read (building it for every exchange was a measurable part
+    of a small request's CPU). It holds no body, so the ring stays small."""
+
+    __slots__ = ("detail", "duration_ms", "exchange_values", "started_at", "ttft_ms", "usage")
+
+    def __init__(self, exchange: Exchange, started_at: float) -> None:
+        self.exchange_values = (
+            exchange.id,
+            exchange.role,
+            exchange.mode,
+            exchange.upstream,
+            exchange.method,
+            exchange.path,
+            exchange.status,
+            exchange.outcome,
+            exchange.requested_model,
+            exchange.model,
+            exchange.stream,
+        )
+        self.started_at = started_at
+        self.ttft_ms = exchange.ttft_ms
+        self.duration_ms = exchange.duration_ms
+        self.usage = exchange.usage
+        self.detail = exchange.detail
+
+    def summary(self) -> dict[str, Any]:
+        """No content, no headers."""
+        (
+            request_id,
+            role,
+            mode,
+            upstream,
+            method,
+            path,
+            status,
+            outcome,
+            requested_model,
+            model,
+            stream,
+        ) = self.exchange_values
+        usage = self.usage
+        return {
+            "id": request_id,
+            "time": round(self.started_at, 3),
+            "role": role.value,
+            "mode": mode.value,
+            "upstream": upstream,
+            "method": method,
+            "path": _cut(path),
+            "status": status,
+            "outcome": outcome.value if outcome else None,
+            "requested_model": _cut(requested_model),
+            "model": _cut(model),
+            "stream": stream,
+            "ttft_ms": _ms(self.ttft_ms),
+            "duration_ms": _ms(self.duration_ms),
+            "input_tokens": usage.input_tokens,
+            "output_tokens": usage.output_tokens,
+            "cache_read_input_tokens": usage.cache_read_input_tokens,
+            "tool_calls": usage.tool_calls,
+            "stop_reason": usage.stop_reason,
+            "error_type": usage.error_type,
+            "detail": self.detail,
+        }
 
 
 @dataclass(slots=True)
@@ -71,7 +111,7 @@ class _Bucket:
 class Activity(Observer):
     def __init__(self, upstreams: Iterable[str], clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
-        self._recent: deque[dict[str, Any]] = deque(maxlen=RECENT_SIZE)
+        self._recent: deque[_Ended] = deque(maxlen=RECENT_SIZE)
         # upstream -> bucket number (start time // SERIES_BUCKET_SECS) -> figures
         self._series: dict[str, dict[int, _Bucket]] = {name: {} for name in upstreams}
         self._in_flight: Counter[str] = Counter()
@@ -82,7 +122,7 @@ class Activity(Observer):
     def on_end(self, exchange: Exchange) -> None:
         now = self._clock()
         elapsed = exchange.duration_ms or 0.0
-        self._recent.append(summary(exchange, now - elapsed / 1000))
+        self._recent.append(_Ended(exchange, now - elapsed / 1000))
         self._in_flight[exchange.upstream] -= 1
         if exchange.outcome is Outcome.DROPPED:
             return
@@ -103,7 +143,7 @@ class Activity(Observer):
 
     def recent(self, limit: int = RECENT_SIZE) -> list[dict[str, Any]]:
         """The last `limit` ended exchanges, newest first."""
-        return [self._recent[-i] for i in range(1, min(limit, len(self._recent)) + 1)]
+        return [self._recent[-i].summary() for i in range(1, min(limit, len(self._recent)) + 1)]
 
     def series(self) -> dict[str, Any]:
         """Per upstream, one value per bucket, oldest first; the last bucket is now's."""

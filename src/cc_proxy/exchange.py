@@ -158,31 +158,37 @@ class Observers(Observer):
     """Fans each hook out to the observers it holds, in order.
 
     An observer that raises is logged and skipped: a broken observer must never break a
-    client's request.
+    client's request. A hook is called only on the observers that define it: most define
+    two or three of the four, and the calls that do nothing were a measurable part of a
+    small request's CPU.
     """
 
     def __init__(self, observers: Sequence[Observer] = ()) -> None:
-        self._observers = list(observers)
+        self._hooked: dict[str, list[Observer]] = {hook: [] for hook in _HOOKS}
+        for observer in observers:
+            self.add(observer)
 
     def add(self, observer: Observer) -> None:
-        self._observers.append(observer)
+        for hook, defining in self._hooked.items():
+            if getattr(type(observer), hook) is not getattr(Observer, hook):
+                defining.append(observer)
 
     def on_start(self, exchange: Exchange) -> None:
-        for observer in self._observers:
+        for observer in self._hooked["on_start"]:
             try:
                 observer.on_start(exchange)
             except Exception:
                 _log_failure(observer, "on_start")
 
     def on_first_byte(self, exchange: Exchange) -> None:
-        for observer in self._observers:
+        for observer in self._hooked["on_first_byte"]:
             try:
                 observer.on_first_byte(exchange)
             except Exception:
                 _log_failure(observer, "on_first_byte")
 
     def on_end(self, exchange: Exchange) -> None:
-        for observer in self._observers:
+        for observer in self._hooked["on_end"]:
             try:
                 observer.on_end(exchange)
             except Exception:
@@ -190,7 +196,7 @@ class Observers(Observer):
 
     def watchers(self, exchange: Exchange) -> list[Callable[[bytes], None]]:
         found = []
-        for observer in self._observers:
+        for observer in self._hooked["body_watcher"]:
             try:
                 watcher = observer.body_watcher(exchange)
             except Exception:
@@ -199,6 +205,9 @@ class Observers(Observer):
             if watcher is not None:
                 found.append(watcher)
         return found
+
+
+_HOOKS = ("on_start", "on_first_byte", "on_end", "body_watcher")
 
 
 def _log_failure(observer: Observer, hook: str) -> None:

@@ -5,10 +5,17 @@ Headers are never logged, so API keys and bearer tokens cannot reach a log line.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import sys
+import time
 from collections.abc import Callable
 
 from cc_proxy.exchange import AnswerCopy, Exchange, Observer, shown
+
+# How cc-proxy's own logging setup prints a record (`server.configure_logging`).
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 
 access_log = logging.getLogger("cc_proxy.access")
 trace_log = logging.getLogger("cc_proxy.trace")
@@ -21,11 +28,61 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
 
 
+class StderrLines:
+    """Access lines printed to stderr as the handler of `server.configure_logging` prints a
+    record, LOG_FORMAT and all, without the logging machinery: making, filtering and
+    formatting a record cost 40 µs of a 5 KB request's 450 in the gateway under load,
+    this 9. The lines that end in one turn of the event loop go out in one write."""
+
+    __slots__ = ("_pending", "_second", "_stamp")
+
+    def __init__(self) -> None:
+        self._pending: list[str] = []
+        self._second = -1
+        self._stamp = ""
+
+    def print(self, level: int, line: str) -> None:
+        now = time.time()
+        second = int(now)
+        if second != self._second:  # `logging.Formatter.formatTime`, made once a second
+            self._second = second
+            self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now))
+        millis = int((now - second) * 1000)
+        name = logging.getLevelName(level)
+        text = f"{self._stamp},{millis:03d} {name} {access_log.name} {line}\n"
+        if not self._pending:
+            try:
+                asyncio.get_running_loop().call_soon(self.flush)
+            except RuntimeError:  # no loop to come back: out now
+                self._write(text)
+                return
+        self._pending.append(text)
+
+    def flush(self) -> None:
+        if self._pending:
+            text = "".join(self._pending)
+            self._pending.clear()
+            self._write(text)
+
+    @staticmethod
+    def _write(text: str) -> None:
+        # As a logging handler does, a stderr that cannot be written breaks nothing else.
+        with contextlib.suppress(OSError, ValueError):
+            sys.stderr.write(text)
+            sys.stderr.flush()
+
+
+# Set by `server.configure_logging`, which knows that stderr is where records go and how.
+stderr_lines: StderrLines | None = None
+
+
 class AccessLog(Observer):
-    """`id=… role=… mode=… upstream=… POST /v1/messages status=… ttft_ms=… …`."""
+    """`id=… role=… mode=… upstream=… POST /v1/messages status=… ttft_ms=… …`, through
+    `logging`, or printed straight to stderr where cc-proxy set logging up itself."""
 
     def on_end(self, exchange: Exchange) -> None:
-        if not access_log.isEnabledFor(logging.INFO):
+        level = logging.WARNING if exchange.failed and exchange.role == "primary" else logging.INFO
+        if not access_log.isEnabledFor(level):
             return
         usage = exchange.usage
         target = exchange.path + (f"?{exchange.query}" if exchange.query else "")
@@ -46,8 +103,10 @@ class AccessLog(Observer):
             line += f" error_type={usage.error_type}"
         if exchange.detail:
             line += f' detail="{exchange.detail}"'
-        level = logging.WARNING if exchange.failed and exchange.role == "primary" else logging.INFO
-        access_log.log(level, line)
+        if stderr_lines is not None:
+            stderr_lines.print(level, line)
+        else:
+            access_log.log(level, line)
 
 
 class ContentLog(Observer):

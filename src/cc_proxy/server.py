@@ -16,17 +16,18 @@ from types import FrameType
 
 import uvicorn
 
+from cc_proxy import logs
 from cc_proxy.app import Gateway
 from cc_proxy.config import ConfigError, Settings, parse_listen_address, redact_url
+from cc_proxy.logs import LOG_FORMAT
 from cc_proxy.protocol import bounded_protocol
 
 log = logging.getLogger("cc_proxy")
 
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
-
 
 def configure_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), format=LOG_FORMAT, force=True)
+    logs.stderr_lines = logs.StderrLines()
     # No record carries thread or process names: LOG_FORMAT shows neither, and looking
     # them up for every access line is a measurable part of a small request's CPU.
     logging.logThreads = False
@@ -34,6 +35,12 @@ def configure_logging(level: str) -> None:
     logging.logMultiprocessing = False
     # Our access line per exchange says more than uvicorn's.
     logging.getLogger("uvicorn.access").disabled = True
+
+
+def flush_access_lines() -> None:
+    """Access lines of the event loop's last turn, once it has stopped."""
+    if logs.stderr_lines is not None:
+        logs.stderr_lines.flush()
 
 
 def raise_open_files_limit() -> int:
@@ -146,6 +153,7 @@ def serve(settings: Settings, on_listening: Callable[[str], None] | None = None)
     announce(settings, url_of(sock), on_listening)
     freeze_startup_objects()
     server.run(sockets=[sock])
+    flush_access_lines()
     log.info("cc-proxy stopped")
     return 0
 

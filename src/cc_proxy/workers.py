@@ -29,6 +29,7 @@ from cc_proxy.modes import number_of
 from cc_proxy.server import (
     announce,
     bind,
+    flush_access_lines,
     freeze_startup_objects,
     raise_open_files_limit,
     url_of,
@@ -83,6 +84,7 @@ def _run_worker(settings: Settings, state: SharedState, index: int, sock: socket
         signal.signal(sig, stop)
     freeze_startup_objects()
     server.run(sockets=[sock])
+    flush_access_lines()
     return 0 if server.started else 3
 
 
