@@ -28,7 +28,7 @@ from cc_proxy.shaping import PassthroughShaping, TargetShaping
 from cc_proxy.shared import SharedState
 from cc_proxy.stats import Stats
 from cc_proxy.thinking import TargetThinking, ThinkingSignatures
-from cc_proxy.upstream import Limiter, Upstream
+from cc_proxy.upstream import Limiter, Upstream, open_session
 
 if TYPE_CHECKING:
     from cc_proxy.otel import OtlpTracing
@@ -167,14 +167,7 @@ class Gateway:
                 return
 
     async def startup(self) -> None:
-        # One session for both upstreams, made inside the running loop. No connection cap
-        # of its own: the target's limiter is the explicit one. No cookie jar: a relay
-        # must not carry one client's cookies to another.
-        self.proxy.session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=60),
-            auto_decompress=False,
-            cookie_jar=aiohttp.DummyCookieJar(),
-        )
+        self.proxy.session = open_session()
 
     async def shutdown(self) -> None:
         await self.shadow.drain(self.settings.server.shutdown_grace_secs)
