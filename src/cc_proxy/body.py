@@ -67,6 +67,10 @@ class MessagesBody(Mapping[str, Any]):
             value = self._values[key] = orjson.loads(memoryview(self._fields[key]))
             return value
 
+    def get(self, key: str, default: Any = None) -> Any:
+        # Mapping's own `get` goes through __getitem__ and a KeyError for every miss.
+        return self[key] if key in self._fields else default
+
     def __contains__(self, key: object) -> bool:
         return key in self._fields
 
