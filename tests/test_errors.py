@@ -649,6 +649,24 @@ def test_upstream_stalling_mid_stream_past_timeout_ends_with_sse_timeout_error(
     assert in_flight(gateway) == 0
 
 
+def test_a_stream_slower_in_all_than_the_timeout_but_never_silent_that_long_completes(
+    start_gateway: GatewayFactory, target: ScriptedUpstream
+) -> None:
+    # timeout_secs bounds each silence, not the whole answer: 0.2 s between events, 0.5 s
+    # allowed, and the answer takes several times 0.5 s.
+    body, _ = fixture_request()
+    events = stream_events(body)
+    assert len(events) * 0.2 > 4 * 0.5
+    target.queue(Reply.sse(events, delay=0.2))
+    gateway = start_gateway(target={"timeout_secs": 0.5})
+    with httpx.Client(base_url=gateway.url, timeout=30) as http:
+        path, fixture_headers, raw_body = load_fixture("basic")
+        response = http.post(path, content=raw_body, headers=fixture_headers)
+    assert response.status_code == 200
+    assert response.content == b"".join(events)
+    assert stats(gateway)["errors"] == 0
+
+
 # --- upstream error answers pass through unchanged ------------------------------------------
 
 RATE_LIMIT_HEADERS = {
