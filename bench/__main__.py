@@ -70,13 +70,15 @@ def scenarios(workdir: Path) -> list[Scenario]:
     streamed.write_bytes(_request_body(streaming=True))
     recorded = json.loads(FIXTURE.read_text())
     fixture = workdir / "claude-code-basic.json"
-    fixture.write_bytes(json.dumps(recorded["body"]).encode())
+    # The bytes Claude Code sent: compact, non-ASCII characters as UTF-8, as Node's
+    # JSON.stringify writes them (they come to the recorded Content-Length, 76,179).
+    fixture.write_bytes(orjson.dumps(recorded["body"]))
     return [
         Scenario("json", "non-streaming, 5 KB body", "/v1/messages", plain, streaming=False),
         Scenario("stream", "streaming, 100 text deltas", "/v1/messages", streamed, streaming=True),
         Scenario(
             "claude_code",
-            "Claude Code request (78 KB), streaming",
+            "Claude Code request (76 KB), streaming",
             recorded["path"],
             fixture,
             streaming=True,

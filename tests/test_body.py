@@ -4,6 +4,7 @@ written back with only the changed fields encoded."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cc_proxy.body import MessagesBody, ShapedBody
+from cc_proxy.body import MessagesBody, ShapedBody, check_utf8
 from cc_proxy.errors import GatewayError
 
 FIXTURE = Path(__file__).parent / "fixtures" / "claude-code-2.1.197" / "basic.json"
@@ -103,3 +104,28 @@ def test_a_shaped_body_encodes_to_what_its_mapping_says(
     assert list(orjson.loads(shaped.encode())) == list(shaped)
     # a plain mapping as the base gives the same object
     assert orjson.loads(ShapedBody(original, changes, dropped).encode()) == expected
+
+
+# Bytes that make UTF-8 interesting: quotes (where pieces are cut), ASCII, continuation
+# bytes, lead bytes of every length, bytes never valid, and whole characters of 2 to 4.
+utf8_parts = st.lists(
+    st.sampled_from([b'"', b"a", b"\x80", b"\xbf", b"\xc3", b"\xe2", b"\xf0", b"\xff", b"\xc0"])
+    | st.text(max_size=3).map(str.encode),
+    max_size=40,
+).map(b"".join)
+
+
+@settings(max_examples=500, deadline=None)
+@given(raw=utf8_parts, piece=st.integers(1, 8))
+def test_the_piecewise_utf8_check_agrees_with_a_whole_decode(raw: bytes, piece: int) -> None:
+    # The same bytes are refused, at the same place. (The reason may read differently:
+    # a character cut short by a quote is "unexpected end of data" in its piece.)
+    assert _refused_at(lambda: check_utf8(raw, piece)) == _refused_at(raw.decode)
+
+
+def _refused_at(decode: Callable[[], object]) -> int | None:
+    try:
+        decode()
+    except UnicodeDecodeError as exc:
+        return exc.start
+    return None

@@ -25,6 +25,35 @@ from cc_proxy.errors import ErrorType, GatewayError
 _FIELDS = msgspec.json.Decoder(dict[str, msgspec.Raw])
 
 
+# The UTF-8 check decodes a body in pieces of about this size. One character beyond
+# U+FFFF (Claude Code's tool descriptions have an emoji) makes a whole decoded str four
+# bytes a character: the 76 KB Claude Code request took 263 µs to decode whole, 69 in
+# pieces, where only the piece with the emoji pays for it.
+UTF8_PIECE = 16 * 1024
+
+
+def check_utf8(raw: bytes, piece: int = UTF8_PIECE) -> None:
+    """Raises UnicodeDecodeError, as `raw.decode()` would, unless `raw` is UTF-8.
+
+    Each piece ends just before a quote: an ASCII byte is a character of its own in
+    UTF-8, so a cut there never splits a valid character, and a character cut short
+    there is invalid in the whole as in the piece."""
+    start, end = 0, len(raw)
+    while start < end:
+        cut = raw.find(b'"', start + piece) if start + piece < end else -1
+        if cut < 0:
+            cut = end
+        part = raw[start:cut]
+        if not part.isascii():
+            try:
+                part.decode()
+            except UnicodeDecodeError as exc:
+                raise UnicodeDecodeError(
+                    exc.encoding, raw, start + exc.start, start + exc.end, exc.reason
+                ) from None
+        start = cut
+
+
 def _invalid(reason: str) -> GatewayError:
     return GatewayError(400, ErrorType.INVALID_REQUEST, reason)
 
@@ -53,7 +82,7 @@ class MessagesBody(Mapping[str, Any]):
         # Strings kept as bytes were not decoded, so not checked as UTF-8 either.
         if not raw.isascii():
             try:
-                raw.decode()
+                check_utf8(raw)
             except UnicodeDecodeError as exc:
                 raise _invalid(f"request body is not valid JSON: {exc}") from None
         self.raw = raw
