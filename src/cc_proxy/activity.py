@@ -35,23 +35,38 @@ class _Ended:
     into a `summary` only when read (building it for every exchange was a measurable part
     of a small request's CPU). It holds no body, so the ring stays small."""
 
-    __slots__ = ("detail", "duration_ms", "exchange_values", "started_at", "ttft_ms", "usage")
+    __slots__ = (
+        "detail",
+        "duration_ms",
+        "id",
+        "method",
+        "mode",
+        "model",
+        "outcome",
+        "path",
+        "requested_model",
+        "role",
+        "started_at",
+        "status",
+        "stream",
+        "ttft_ms",
+        "upstream",
+        "usage",
+    )
 
     def __init__(self, exchange: Exchange, started_at: float) -> None:
-        self.exchange_values = (
-            exchange.id,
-            exchange.role,
-            exchange.mode,
-            exchange.upstream,
-            exchange.method,
-            exchange.path,
-            exchange.status,
-            exchange.outcome,
-            exchange.requested_model,
-            exchange.model,
-            exchange.stream,
-        )
+        self.id = exchange.id
         self.started_at = started_at
+        self.role = exchange.role
+        self.mode = exchange.mode
+        self.upstream = exchange.upstream
+        self.method = exchange.method
+        self.path = exchange.path
+        self.status = exchange.status
+        self.outcome = exchange.outcome
+        self.requested_model = exchange.requested_model
+        self.model = exchange.model
+        self.stream = exchange.stream
         self.ttft_ms = exchange.ttft_ms
         self.duration_ms = exchange.duration_ms
         self.usage = exchange.usage
@@ -59,33 +74,20 @@ class _Ended:
 
     def summary(self) -> dict[str, Any]:
         """No content, no headers."""
-        (
-            request_id,
-            role,
-            mode,
-            upstream,
-            method,
-            path,
-            status,
-            outcome,
-            requested_model,
-            model,
-            stream,
-        ) = self.exchange_values
         usage = self.usage
         return {
-            "id": request_id,
+            "id": self.id,
             "time": round(self.started_at, 3),
-            "role": role.value,
-            "mode": mode.value,
-            "upstream": upstream,
-            "method": method,
-            "path": _cut(path),
-            "status": status,
-            "outcome": outcome.value if outcome else None,
-            "requested_model": _cut(requested_model),
-            "model": _cut(model),
-            "stream": stream,
+            "role": self.role.value,
+            "mode": self.mode.value,
+            "upstream": self.upstream,
+            "method": self.method,
+            "path": _cut(self.path),
+            "status": self.status,
+            "outcome": self.outcome.value if self.outcome else None,
+            "requested_model": _cut(self.requested_model),
+            "model": _cut(self.model),
+            "stream": self.stream,
             "ttft_ms": _ms(self.ttft_ms),
             "duration_ms": _ms(self.duration_ms),
             "input_tokens": usage.input_tokens,

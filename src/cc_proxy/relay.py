@@ -89,8 +89,9 @@ async def relay(
                 await _relay_sse(response, exchange, sink, observers, watchers)
             else:
                 await _relay_body(response, exchange, sink, observers, watchers)
-            # Set before the last write: the client-side watcher reads it to tell a
-            # finished answer from a client that left.
+            # Set before the last write: the answer is whole once read to its end, and a
+            # shutdown that cancels that write must not count it cancelled or append an
+            # error event to it (see below).
             exchange.outcome = Outcome.COMPLETE
             await sink.end()
             return
