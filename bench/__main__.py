@@ -30,6 +30,7 @@ from bench.hold import hold_streams
 from bench.load import Scenario, measure_latency, measure_ttfb, run_wrk
 from bench.procs import (
     REPO,
+    awake,
     cores,
     cpu_seconds,
     fd_hard_limit,
@@ -173,15 +174,22 @@ def _profile(
 def run_ttfb(
     relays: list[Relay], scenario: Scenario, args: argparse.Namespace
 ) -> dict[str, dict[str, list[dict[str, Any]]]]:
+    """p50 and p99 to the first byte at c=1 and c=50, with the cores kept awake (see
+    `procs.awake`); and at c=1 once more with the cores left to halt, as this machine
+    would have them between requests, for what that costs."""
     found: dict[str, dict[str, list[dict[str, Any]]]] = {}
-    for concurrency in (1, 50):
-        key = f"c{concurrency}"
+    for key, concurrency, kept_awake in (
+        ("c1", 1, True),
+        ("c50", 50, True),
+        ("c1-halting", 1, False),
+    ):
         found[key] = {relay.name: [] for relay in relays}
         requests = args.ttfb_requests if concurrency == 1 else args.ttfb_requests * 3
-        for _ in range(args.rounds):
-            for relay in relays:
-                result = measure_ttfb(relay.url, scenario, concurrency, requests)
-                found[key][relay.name].append(asdict(result))
+        with awake((args.proxy_core, args.load_core)) if kept_awake else contextlib.nullcontext():
+            for _ in range(args.rounds):
+                for relay in relays:
+                    result = measure_ttfb(relay.url, scenario, concurrency, requests)
+                    found[key][relay.name].append(asdict(result))
         _progress(f"ttfb {key}", {r: v[-1]["p50_ms"] for r, v in found[key].items()})
     return found
 
@@ -324,11 +332,12 @@ def run_compare(args: argparse.Namespace, scenario: Scenario) -> dict[str, Any]:
                 key = f"{pacing}-c{concurrency}"
                 found[key] = {"first_token_ms": first_token_ms, "gap_ms": gap_ms}
                 rounds: dict[str, list[dict[str, Any]]] = {r.name: [] for r in relays}
-                for round_ in range(args.rounds):
-                    shift = round_ % len(relays)
-                    for relay in relays[shift:] + relays[:shift]:
-                        measured = measure_latency(relay.url, scenario, concurrency, requests)
-                        rounds[relay.name].append(asdict(measured))
+                with awake((proxy_core, load_core)):
+                    for round_ in range(args.rounds):
+                        shift = round_ % len(relays)
+                        for relay in relays[shift:] + relays[:shift]:
+                            measured = measure_latency(relay.url, scenario, concurrency, requests)
+                            rounds[relay.name].append(asdict(measured))
                 for relay, mode in zip(relays, ("anthropic-only", "compare"), strict=True):
                     found[key][mode] = rounds[relay.name]
                 _progress(
@@ -356,7 +365,8 @@ def machine(proxy_core: int, load_core: int) -> dict[str, Any]:
         "load_average": os.getloadavg(),
         "pinning": (
             f"proxy under test on core {proxy_core}; wrk, the TTFB client and the "
-            f"upstreams on core {load_core}"
+            f"upstreams on core {load_core}; while latency is measured, SCHED_IDLE "
+            "spinners keep both cores from halting (bench.procs.awake)"
         ),
         "fd_hard_limit": fd_hard_limit(),
     }

@@ -4,13 +4,19 @@ cannot rot: nginx, wrk, the minimal relay and cc-proxy for real, on 127.0.0.1.""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # the harness is not part of the installed package
+
+from bench.procs import awake, children  # noqa: E402
+
 RELAYS = {"direct", "nginx", "minimal", "cc-proxy", "cc-proxy-compare"}
 SCENARIOS = {"json", "stream", "claude_code"}
 
@@ -49,7 +55,7 @@ def test_every_relay_answers_every_scenario_without_errors(smoke: Path) -> None:
 def test_first_byte_two_workers_and_held_streams_are_measured(smoke: Path) -> None:
     results = json.loads((smoke / "results.json").read_text())
 
-    assert set(results["ttfb"]) == {"c1", "c50"}
+    assert set(results["ttfb"]) == {"c1", "c50", "c1-halting"}
     assert set(results["ttfb"]["c1"]) == RELAYS
     assert all(row["samples"] > 0 for row in results["ttfb"]["c50"].values())
     runs = results["multicore"]["runs"]
@@ -84,3 +90,19 @@ def test_writes_the_table_and_the_chart(smoke: Path) -> None:
     assert "**Bars**" in table
     assert "**Compare mode against anthropic-only**" in table
     assert (smoke / "cpu_per_request.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_cores_are_kept_awake_by_idle_priority_spinners_that_stop_with_the_block() -> None:
+    core = min(os.sched_getaffinity(0))
+    with awake([core, core]):
+        spinners = children(os.getpid())
+        assert len(spinners) == 1  # one per core, however often it is named
+        (spinner,) = spinners
+        deadline = time.monotonic() + 10
+        # set by the spinner itself once it runs
+        while os.sched_getscheduler(spinner) != os.SCHED_IDLE and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert os.sched_getscheduler(spinner) == os.SCHED_IDLE
+        assert os.sched_getaffinity(spinner) == {core}
+    assert spinner not in children(os.getpid())
+    assert not Path(f"/proc/{spinner}").exists()
