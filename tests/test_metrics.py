@@ -6,8 +6,13 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.parser import text_string_to_metric_families
 
+from cc_proxy.metrics import LATENCY_BUCKETS, _Observed
 from cc_proxy.standin import answer, message_events
 from conftest import GatewayFactory, post_messages
 from harness import Gate, LoopThread, Reply, RunningGateway, ScriptedUpstream, wait_until
@@ -168,3 +173,35 @@ def test_two_gateways_in_one_process_keep_their_own_figures(
     assert post_messages(first.url, ASK).status_code == 200
     assert value(scrape(first), "cc_proxy_requests_total") == 1
     assert value(scrape(second), "cc_proxy_requests_total") == 0
+
+
+@given(
+    st.lists(
+        st.one_of(
+            st.sampled_from(LATENCY_BUCKETS),  # on a bound: that bucket, as observe() has it
+            st.floats(min_value=0, max_value=1000, allow_nan=False),
+        ),
+        max_size=50,
+    )
+)
+def test_observations_folded_as_a_batch_read_as_if_observed_one_by_one(
+    seconds: list[float],
+) -> None:
+    one_by_one, batched = CollectorRegistry(), CollectorRegistry()
+    observing = Histogram("latency", "", buckets=LATENCY_BUCKETS, registry=one_by_one)
+    folded = Histogram("latency", "", buckets=LATENCY_BUCKETS, registry=batched)
+    for each in seconds:
+        observing.observe(each)
+    observed = _Observed()
+    for each in seconds:
+        observed.add(each)
+    observed.fold_into(folded)
+
+    def samples(registry: CollectorRegistry) -> dict[str, float]:
+        return {
+            f"{sample.name}{sorted(sample.labels.items())}": sample.value
+            for family in registry.collect()
+            for sample in family.samples
+        }
+
+    assert samples(batched) == pytest.approx(samples(one_by_one))

@@ -133,16 +133,26 @@ def test_metrics_count_what_every_worker_served(workers: GatewayProcess) -> None
     tokens = sum(sum(answers) for answers in answered.values())
     labels = "mode=target,model=glm-5,outcome=complete,role=primary,status=200,upstream=target"
 
-    # Scraped through each worker: both must show what both served, so that a counter
-    # never seems to go back when the next scrape reaches the other worker.
-    scrapes = on_each_worker(url, _scraped)
-    for samples in (sample for each in scrapes.values() for sample in each):
-        assert samples[f"cc_proxy_requests_total{{{labels}}}"] == sent
-        tokens_key = "cc_proxy_tokens_total{kind=output,model=glm-5,role=primary,upstream=target}"
-        assert samples[tokens_key] == tokens
-        assert samples["cc_proxy_duration_seconds_count{role=primary,upstream=target}"] == sent
+    tokens_key = "cc_proxy_tokens_total{kind=output,model=glm-5,role=primary,upstream=target}"
+    expected = {
+        f"cc_proxy_requests_total{{{labels}}}": sent,
+        tokens_key: tokens,
+        "cc_proxy_duration_seconds_count{role=primary,upstream=target}": sent,
         # Nothing is in flight but the scrape itself, which is not a proxied request.
-        assert samples["cc_proxy_in_flight_requests{upstream=target}"] == 0
+        "cc_proxy_in_flight_requests{upstream=target}": 0,
+    }
+
+    # Scraped through each worker: both must show what both served (each worker's own
+    # figures reach the shared files within FOLD_SECS), so that a counter never seems to
+    # go back when the next scrape reaches the other worker.
+    def both_show_all() -> bool:
+        scrapes = on_each_worker(url, _scraped)
+        return all(
+            {key: samples.get(key) for key in expected} == expected
+            for samples in (sample for each in scrapes.values() for sample in each)
+        )
+
+    assert wait_until(both_show_all, WAIT)
 
 
 def test_sigterm_stops_every_worker_and_exits_0(workers: GatewayProcess) -> None:
