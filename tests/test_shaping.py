@@ -10,8 +10,11 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from cc_proxy.shaping import BILLING_HEADER_PREFIX
+from cc_proxy.body import MessagesBody
+from cc_proxy.shaping import BILLING_HEADER_PREFIX, TargetShaping
 from cc_proxy.standin import answer
 from cc_proxy.thinking import ThinkingSignatures
 from conftest import GatewayFactory
@@ -98,6 +101,33 @@ class TestBillingHeader:
         assert passthrough.seen[0].body == body
         assert wait_until(lambda: len(target.seen) == 1)
         assert target.seen[0].json()["system"] == json.loads(body)["system"][1:]
+
+    def test_the_blocks_kept_reach_the_target_as_the_client_wrote_them(
+        self, gateway: RunningGateway, target: ScriptedUpstream
+    ) -> None:
+        billing = {"type": "text", "text": f"{BILLING_HEADER_PREFIX} cc_version=2.1.197.abc;"}
+        kept: list[dict[str, Any]] = [{"type": "text", "text": "Claude. \u00e9t\u00e9 \U0001f600"}]
+        kept.append({"text": "second", "cache_control": {"type": "ephemeral"}, "type": "text"})
+        # spaced as no encoder of ours would write them, and escaped to ASCII
+        written = [json.dumps(block, indent=3) for block in (billing, *kept)]
+        body = f'{{"model": "claude-haiku-4-5", "system": [ {" , ".join(written)} ]}}'
+        assert send(gateway, body.encode()).status_code == 200
+        sent = target.seen[0].body
+        assert written[1].encode() in sent
+        assert written[2].encode() in sent
+        assert orjson.loads(sent)["system"] == kept
+
+    @pytest.mark.parametrize("escaped", ["\\u0078", "\\u0078\\u002D"])
+    def test_a_prefix_written_with_escapes_is_recognised(
+        self, gateway: RunningGateway, target: ScriptedUpstream, escaped: str
+    ) -> None:
+        text = escaped + BILLING_HEADER_PREFIX[escaped.count("\\") :] + " cc_version=2.1;"
+        body = (
+            '{"model": "claude-haiku-4-5", "messages": [], "system": '
+            f'[{{"type": "text", "text": "{text}"}}, {{"type": "text", "text": "rest"}}]}}'
+        )
+        assert send(gateway, body.encode()).status_code == 200
+        assert target.seen[0].json()["system"] == [{"type": "text", "text": "rest"}]
 
 
 class TestSystemMessages:
@@ -330,3 +360,34 @@ class TestThinkingSignatures:
         gateway.switch_mode("anthropic-only")
         send(gateway, orjson.dumps(history(thought(""), TEXT)))
         assert passthrough.seen[0].json()["messages"][1]["content"] == [TEXT]
+
+
+_TEXTS = st.one_of(
+    st.text(max_size=20),
+    st.builds(lambda tail: BILLING_HEADER_PREFIX + tail, st.text(max_size=20)),
+)
+_BLOCKS = st.one_of(
+    st.fixed_dictionaries({"type": st.sampled_from(["text", "image"]), "text": _TEXTS}),
+    st.fixed_dictionaries({"type": st.just("text")}),
+    _TEXTS,
+    st.integers(-(2**63), 2**63 - 1),
+    st.none(),
+)
+_SYSTEMS = st.one_of(st.lists(_BLOCKS, max_size=5), _TEXTS, st.none(), st.integers(0, 9))
+
+
+@given(system=_SYSTEMS, ensure_ascii=st.booleans(), indent=st.sampled_from([None, 1]))
+def test_a_client_body_is_shaped_from_its_bytes_as_from_its_decoded_value(
+    system: Any, ensure_ascii: bool, indent: int | None
+) -> None:
+    """The billing block is looked for in the client's bytes (`body.MessagesBody`), and
+    decoded only where it may be: the result is the one shaping the whole decoded body
+    gives, however the client wrote it."""
+    raw = json.dumps({"model": "m", "system": system}, ensure_ascii=ensure_ascii, indent=indent)
+    shaping = TargetShaping("glm-5", ())
+    from_bytes = shaping.shaped(MessagesBody(raw.encode()), sampling=True)
+    from_value = shaping.shaped(json.loads(raw), sampling=True)
+    assert from_bytes is not None
+    assert from_value is not None
+    assert orjson.loads(from_bytes.encode()) == orjson.loads(from_value.encode())
+    assert dict(from_bytes) == dict(from_value)

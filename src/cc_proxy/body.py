@@ -116,9 +116,12 @@ class MessagesBody(Mapping[str, Any]):
 
 class ShapedBody(Mapping[str, Any]):
     """A body with some fields replaced, added or removed; `encode` writes it out, the
-    unchanged fields as their original bytes when the base is a `MessagesBody`."""
+    unchanged fields as their original bytes when the base is a `MessagesBody`.
 
-    __slots__ = ("_base", "_changes", "_dropped")
+    A change given as `msgspec.Raw` is JSON already: it is written as it is, and decoded
+    only if read."""
+
+    __slots__ = ("_base", "_changes", "_decoded", "_dropped")
 
     def __init__(
         self, base: Mapping[str, Any], changes: Mapping[str, Any], dropped: Collection[str]
@@ -126,12 +129,18 @@ class ShapedBody(Mapping[str, Any]):
         self._base = base
         self._changes = changes
         self._dropped = frozenset(dropped)
+        self._decoded: dict[str, Any] = {}
 
     def __getitem__(self, key: str) -> Any:
         if key in self._dropped:
             raise KeyError(key)
         if key in self._changes:
-            return self._changes[key]
+            value = self._changes[key]
+            if not isinstance(value, msgspec.Raw):
+                return value
+            if key not in self._decoded:
+                self._decoded[key] = orjson.loads(memoryview(value))
+            return self._decoded[key]
         return self._base[key]
 
     def __iter__(self) -> Iterator[str]:
@@ -151,8 +160,12 @@ class ShapedBody(Mapping[str, Any]):
             return exact_dumps(dict(self))
         parts: list[bytes | msgspec.Raw] = []
         for key in self:
-            value = orjson.dumps(changes[key]) if key in changes else base.field_bytes(key)
-            parts += (b",", orjson.dumps(key), b":", value)
+            if key in changes:
+                value = changes[key]
+                json = value if isinstance(value, msgspec.Raw) else orjson.dumps(value)
+            else:
+                json = base.field_bytes(key)
+            parts += (b",", orjson.dumps(key), b":", json)
         if not parts:
             return b"{}"
         parts[0] = b"{"
