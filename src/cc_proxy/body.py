@@ -23,6 +23,15 @@ import orjson
 from cc_proxy.errors import ErrorType, GatewayError
 
 _FIELDS = msgspec.json.Decoder(dict[str, msgspec.Raw])
+# The Messages API's fields as they open a member of the written body.
+_KEYS = {
+    key: orjson.dumps(key) + b":"
+    for key in (
+        "model", "messages", "system", "max_tokens", "stream", "tools", "tool_choice",
+        "metadata", "temperature", "top_p", "top_k", "stop_sequences", "thinking",
+        "context_management", "service_tier", "container", "mcp_servers",
+    )
+}  # fmt: skip
 
 
 # The UTF-8 check decodes a body in pieces of about this size. One character beyond
@@ -165,7 +174,7 @@ class ShapedBody(Mapping[str, Any]):
                 json = value if isinstance(value, msgspec.Raw) else orjson.dumps(value)
             else:
                 json = base.field_bytes(key)
-            parts += (b",", orjson.dumps(key), b":", json)
+            parts += (b",", _KEYS.get(key) or orjson.dumps(key) + b":", json)
         if not parts:
             return b"{}"
         parts[0] = b"{"

@@ -215,18 +215,23 @@ async def _relay_body(
     observers: Observer,
     watchers: list[Callable[[bytes], None]],
 ) -> None:
-    collected: bytearray | None = bytearray() if exchange.is_messages else None
+    # The answer is kept to be counted; most come in one piece, which is kept as it is.
+    counting = exchange.is_messages
+    pieces: list[bytes] = []
+    size = 0
     read = response.content.readany
     chunk = await _first_chunk(response, exchange, observers)
     while chunk:
-        if collected is not None:
-            collected += chunk
-            if len(collected) > MAX_COUNTED_JSON_BYTES:
-                collected = None
+        if counting:
+            pieces.append(chunk)
+            size += len(chunk)
+            if size > MAX_COUNTED_JSON_BYTES:
+                counting = False
+                pieces.clear()
         if watchers:
             _show(watchers, chunk)
         await sink.body(chunk)
         chunk = await read()
-    if collected is not None:
-        exchange.answer_json = answer = bytes(collected)
+    if counting:
+        exchange.answer_json = answer = b"".join(pieces)
         account_json(answer, exchange.usage)

@@ -57,12 +57,12 @@ def system_without_billing_header(body: Mapping[str, Any]) -> Any:
         system = body.get("system")
         stripped = without_billing_header(system)
         return NO_CHANGE if stripped is system else stripped
-    try:
-        blocks = _JSON_LIST.decode(body.field_bytes("system"))
-    except msgspec.ValidationError:  # not a list: a string, most likely
+    raw = body.field_bytes("system")
+    if memoryview(raw)[0] != ord("["):  # a string, most likely: it is decoded
         system = body["system"]
         stripped = without_billing_header(system)
         return NO_CHANGE if stripped is system else stripped
+    blocks = _JSON_LIST.decode(raw)
     kept = [block for block in blocks if not _is_billing_json(block)]
     if len(kept) == len(blocks):
         return NO_CHANGE
