@@ -18,18 +18,21 @@ def _ratio(value: float | None, reference: float | None) -> float | None:
 
 
 def _load_figures(rounds: list[dict[str, Any]], peak_rss_kb: int | None) -> dict[str, Any]:
+    """Each figure is the median of the rounds: a round that other work on the box
+    disturbed (the per-round values show it) weighs no more than any other."""
     requests = sum(r["requests"] for r in rounds)
-    seconds = sum(r["seconds"] for r in rounds)
     measured = peak_rss_kb is not None
-    cpu = sum(r["cpu_seconds"] for r in rounds)
     per_round = [r["cpu_seconds"] / r["requests"] * 1e6 for r in rounds if r["requests"]]
+    rates = [r["requests"] / r["seconds"] for r in rounds if r["seconds"]]
     return {
         "requests": requests,
-        "rps": round(requests / seconds, 1) if seconds else 0.0,
+        "rps": round(statistics.median(rates), 1) if rates else 0.0,
         "p50_ms": round(statistics.median(r["p50_ms"] for r in rounds), 3),
         "p99_ms": round(statistics.median(r["p99_ms"] for r in rounds), 3),
         "errors": sum(r["socket_errors"] + r["status_errors"] for r in rounds),
-        "cpu_us_per_request": round(cpu / requests * 1e6, 1) if measured and requests else None,
+        "cpu_us_per_request": (
+            round(statistics.median(per_round), 1) if measured and per_round else None
+        ),
         "cpu_us_per_request_rounds": [round(v, 1) for v in per_round] if measured else [],
         "peak_rss_mb": round(peak_rss_kb / 1024, 1) if peak_rss_kb else None,
     }
@@ -193,10 +196,11 @@ def render_table(results: dict[str, Any]) -> str:
         f"Python {machine['python']}; load average at the end "
         f"{', '.join(f'{v:.2f}' for v in machine['load_average'])}.",
         f"Pinning: {machine['pinning']}.",
-        f"Each figure: {settings['rounds']} rounds of {settings['seconds']:g} s per relay, "
-        f"relays taking turns; wrk -c{settings['connections']}. CPU is utime+stime of the "
-        "relay's processes from /proc, divided by the responses completed; the spread "
-        "column shows the per-round values (noise from other work on the box).",
+        f"Each figure: the median of {settings['rounds']} rounds of {settings['seconds']:g} s "
+        f"per relay, relays taking turns; wrk -c{settings['connections']}. CPU is "
+        "utime+stime of the relay's processes from /proc, divided by the responses "
+        "completed; the per-round column shows each round's value (noise from other work "
+        "on the box).",
         "",
     ]
     for scenario, title in results["scenarios"].items():

@@ -16,6 +16,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # the harness is not part of the installed package
 
 from bench.procs import awake, children  # noqa: E402
+from bench.report import _load_figures  # noqa: E402
 
 RELAYS = {"direct", "nginx", "minimal", "cc-proxy", "cc-proxy-compare"}
 SCENARIOS = {"json", "stream", "claude_code"}
@@ -106,3 +107,23 @@ def test_cores_are_kept_awake_by_idle_priority_spinners_that_stop_with_the_block
         assert os.sched_getaffinity(spinner) == {core}
     assert spinner not in children(os.getpid())
     assert not Path(f"/proc/{spinner}").exists()
+
+
+def test_a_load_figure_is_the_median_of_its_rounds_so_a_disturbed_round_weighs_no_more() -> None:
+    def round_of(requests: int, cpu_seconds: float) -> dict[str, float]:
+        return {
+            "requests": requests,
+            "seconds": 1.0,
+            "cpu_seconds": cpu_seconds,
+            "p50_ms": 1.0,
+            "p99_ms": 2.0,
+            "socket_errors": 0,
+            "status_errors": 0,
+        }
+
+    # 500, 300 and (a round the box was busy in) 1,800 µs per request
+    figures = _load_figures([round_of(100, 0.05), round_of(100, 0.03), round_of(50, 0.09)], 1024)
+
+    assert figures["cpu_us_per_request"] == 500.0
+    assert figures["cpu_us_per_request_rounds"] == [500.0, 300.0, 1800.0]
+    assert figures["rps"] == 100.0
