@@ -327,7 +327,9 @@ class Metrics(Observer):
 
     def fold(self) -> None:
         """Adds what was tallied since the last fold to the metrics."""
-        self._fold_timer = None
+        if self._fold_timer is not None:  # a scrape came first: one timer at a time
+            self._fold_timer.cancel()
+            self._fold_timer = None
         metrics: dict[str, _Labelled[Counter]] = {
             _REQUESTS: self._requests,
             _TOKENS: self._tokens,
