@@ -267,20 +267,25 @@ class Metrics(Observer):
         self._counts: collections.Counter[tuple[str, ...]] = collections.Counter()
         self._ttft_observed: dict[tuple[str, str], _Observed] = {}
         self._duration_observed: dict[tuple[str, str], _Observed] = {}
-        self._started: collections.Counter[str] = collections.Counter()
-        self._ended: collections.Counter[str] = collections.Counter()
+        self._open: collections.Counter[str] = collections.Counter()  # in flight, by upstream
+        self._counters = {
+            _REQUESTS: self._requests,
+            _TOKENS: self._tokens,
+            _TOOL_CALLS: self._tool_calls,
+            _ERRORS: self._errors,
+        }
         self._shared = shared_dir is not None
         self._fold_timer: asyncio.TimerHandle | None = None
 
     def on_start(self, exchange: Exchange) -> None:
-        self._started[exchange.upstream] += 1
+        self._open[exchange.upstream] += 1
         self._pending()
 
     def on_end(self, exchange: Exchange) -> None:
         """Tallies the exchange in plain dicts, folded into the metrics when scraped (or
         with workers, within FOLD_SECS): a locked update of a prometheus value for each
         of the exchange's dozen figures was 6% of a small request's CPU."""
-        self._ended[exchange.upstream] += 1
+        self._open[exchange.upstream] -= 1
         self._pending()
         counts = self._counts
         if exchange.outcome is Outcome.DROPPED:
@@ -330,18 +335,12 @@ class Metrics(Observer):
         if self._fold_timer is not None:  # a scrape came first: one timer at a time
             self._fold_timer.cancel()
             self._fold_timer = None
-        metrics: dict[str, _Labelled[Counter]] = {
-            _REQUESTS: self._requests,
-            _TOKENS: self._tokens,
-            _TOOL_CALLS: self._tool_calls,
-            _ERRORS: self._errors,
-        }
         counts, self._counts = self._counts, collections.Counter()
         for key, count in counts.items():
             if key == _DROPPED:
                 self._shadow_dropped.inc(count)
             else:
-                metrics[key[0]](*key[1:]).inc(count)
+                self._counters[key[0]](*key[1:]).inc(count)
         for pending, histogram in (
             (self._ttft_observed, self._ttft),
             (self._duration_observed, self._duration),
@@ -349,8 +348,8 @@ class Metrics(Observer):
             for labels, observed in pending.items():
                 observed.fold_into(histogram(*labels))
             pending.clear()
-        for upstream, started in self._started.items():
-            self._in_flight(upstream).set(started - self._ended[upstream])
+        for upstream, in_flight in self._open.items():
+            self._in_flight(upstream).set(in_flight)
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every figure."""

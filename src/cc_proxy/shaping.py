@@ -53,20 +53,18 @@ def system_without_billing_header(body: Mapping[str, Any]) -> Any:
     bytes (msgspec's `Raw`), of each block only `type` and `text` are read, and the
     blocks kept are written back as the client wrote them (as `msgspec.Raw`): two thirds
     of the time of decoding Claude Code's 6 KB `system` and encoding it again."""
-    if not isinstance(body, MessagesBody) or "system" not in body:
-        system = body.get("system")
-        stripped = without_billing_header(system)
-        return NO_CHANGE if stripped is system else stripped
-    raw = body.field_bytes("system")
-    if memoryview(raw)[0] != ord("["):  # a string, most likely: it is decoded
-        system = body["system"]
-        stripped = without_billing_header(system)
-        return NO_CHANGE if stripped is system else stripped
-    blocks = _JSON_LIST.decode(raw)
-    kept = [block for block in blocks if not _is_billing_json(block)]
-    if len(kept) == len(blocks):
-        return NO_CHANGE
-    return msgspec.Raw(b"[" + b",".join(kept) + b"]")
+    if isinstance(body, MessagesBody) and "system" in body:
+        raw = body.field_bytes("system")
+        if memoryview(raw)[0] == ord("["):
+            blocks = _JSON_LIST.decode(raw)
+            kept = [block for block in blocks if not _is_billing_json(block)]
+            if len(kept) == len(blocks):
+                return NO_CHANGE
+            return msgspec.Raw(b"[" + b",".join(kept) + b"]")
+    # Anything else (a string, most likely) is decoded.
+    system = body.get("system")
+    stripped = without_billing_header(system)
+    return NO_CHANGE if stripped is system else stripped
 
 
 class _BlockHead(msgspec.Struct):
