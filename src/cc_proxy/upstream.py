@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import aiohttp
 from aiohttp.client_proto import ResponseHandler
+from aiohttp.streams import StreamReader
 
 # RFC 9110 §7.6.1, plus the pre-standard Proxy-Connection.
 HOP_BY_HOP = frozenset(
@@ -159,8 +160,61 @@ def response_headers(upstream_headers: Iterable[tuple[bytes, bytes]]) -> list[tu
     return [(name, value) for name, value in pairs if name.lower() not in dropped]
 
 
+class _RelayReader(StreamReader):
+    """aiohttp's reader of an answer's body, as a relay reads it: always all that has
+    come (`readany`), never by HTTP chunk.
+
+    aiohttp (3.14) notes where every HTTP chunk ends, for `readchunk`, and hands out what
+    it holds one chunk at a time. An SSE upstream sends each event as a chunk of its own,
+    so a stream paid for that once per event. Here chunk ends are not noted (`readchunk`
+    no longer tells them; nothing here calls it), and all that is held is taken in one
+    join. Measured by instruction count (callgrind): 17% less per streamed answer of 100
+    deltas, 11% less per Claude Code request.
+    """
+
+    __slots__ = ()
+
+    def feed_data(self, data: bytes, size: int = 0) -> bool:
+        if data:
+            buffer = self._buffer
+            buffer.append(data)
+            self._size += len(data)
+            self.total_bytes += len(data)
+            waiter = self._waiter
+            if waiter is not None:
+                self._waiter = None
+                if not waiter.done():
+                    waiter.set_result(None)
+            # aiohttp's two bounds on what is held: bytes, and pieces (a piece costs
+            # memory of its own, however small).
+            if self._size > self._high_water or len(buffer) > self._high_water_chunks:
+                self._protocol.pause_reading()
+        return False
+
+    def begin_http_chunk_receiving(self) -> None:
+        pass
+
+    def end_http_chunk_receiving(self) -> None:
+        pass
+
+    def _read_nowait(self, n: int) -> bytes:
+        buffer = self._buffer
+        if n != -1 or self._buffer_offset or len(buffer) < 2:
+            return super()._read_nowait(n)
+        self._timer.assert_timeout()
+        data = b"".join(buffer)
+        buffer.clear()
+        self._size -= len(data)
+        self._cursor += len(data)
+        if self._size < self._low_water:
+            # after the buffer is emptied: resuming may feed it again at once
+            self._protocol.resume_reading()
+        return data
+
+
 class _ResponseHandler(ResponseHandler):
-    """aiohttp's protocol for an upstream connection, less a call it makes for nothing.
+    """aiohttp's protocol for an upstream connection, less a call it makes for nothing,
+    and reading the answer's body with `_RelayReader`.
 
     aiohttp's StreamReader (3.14) asks the protocol to resume reading after every read
     that leaves its buffer low, whether or not reading was paused; the protocol then feeds
@@ -172,6 +226,16 @@ class _ResponseHandler(ResponseHandler):
     def resume_reading(self, resume_parser: bool = True) -> None:
         if self._reading_paused or self._buffer_paused:
             super().resume_reading(resume_parser)
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        payload = self._payload
+        if type(payload) is StreamReader:
+            # The answer's head is parsed and its reader made, by aiohttp's compiled
+            # parser, whose reader class is fixed. The reader is given the relay's class
+            # (same layout: it adds no slots) and reads the relay's way from here on.
+            payload._http_chunk_splits = None
+            payload.__class__ = _RelayReader
 
 
 def open_session() -> aiohttp.ClientSession:

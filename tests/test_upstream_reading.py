@@ -1,0 +1,162 @@
+"""How the gateway reads an upstream's answer (`cc_proxy.upstream`): everything that has
+come, in one piece, whatever HTTP chunks it came in; and no more than aiohttp's bounds
+allow while nobody reads it. The upstreams here write raw HTTP/1.1 on a socket, so the
+chunking is exactly what each test says."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable, Iterator
+
+import httpx
+import orjson
+import pytest
+
+from cc_proxy.standin import answer, message_events
+from cc_proxy.upstream import open_session
+from conftest import CLIENT_KEY, GatewayFactory
+from harness import LoopThread, wait_until
+
+WAIT = 30.0  # upper bound of every wait; never a timing expectation
+SSE_HEAD = (
+    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+)
+
+Answer = Callable[[asyncio.StreamWriter], Awaitable[None]]
+
+
+def chunk(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+class RawUpstream:
+    """Answers every request on its connection with `write_answer`, on raw bytes."""
+
+    def __init__(self, loop_thread: LoopThread, write_answer: Answer) -> None:
+        self._loop_thread = loop_thread
+        self._write_answer = write_answer
+        self._server: asyncio.Server | None = None
+        self.url = ""
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while head := await reader.readuntil(b"\r\n\r\n"):
+                length = next(
+                    (
+                        int(line.split(b":", 1)[1])
+                        for line in head.split(b"\r\n")
+                        if line.lower().startswith(b"content-length:")
+                    ),
+                    0,
+                )
+                await reader.readexactly(length)
+                await self._write_answer(writer)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    def __enter__(self) -> RawUpstream:
+        async def start() -> None:
+            self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+            self.url = f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+
+        self._loop_thread.run(start())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        async def stop() -> None:
+            assert self._server is not None
+            self._server.close()
+
+        self._loop_thread.run(stop())
+
+
+@pytest.fixture
+def events() -> list[bytes]:
+    body = {"model": "glm-5", "messages": [{"role": "user", "content": "hi " * 400}]}
+    return message_events(answer(body))
+
+
+def bursts(whole: bytes, seed: int) -> Iterator[bytes]:
+    """`whole` as HTTP chunks of 1 to 40 bytes (cutting events anywhere), several chunks
+    to a write."""
+    rng = random.Random(seed)
+    pieces, at = [], 0
+    while at < len(whole):
+        size = rng.randint(1, 40)
+        pieces.append(chunk(whole[at : at + size]))
+        at += size
+    while pieces:
+        take = rng.randint(1, 60)
+        yield b"".join(pieces[:take])
+        del pieces[:take]
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_an_answer_in_many_small_chunks_reaches_the_client_whole_and_is_counted(
+    start_gateway: GatewayFactory, loop_thread: LoopThread, events: list[bytes], seed: int
+) -> None:
+    whole = b"".join(events)
+
+    async def write_answer(writer: asyncio.StreamWriter) -> None:
+        writer.write(SSE_HEAD)
+        for write in bursts(whole, seed):
+            writer.write(write)
+            await writer.drain()
+            await asyncio.sleep(0)
+        writer.write(b"0\r\n\r\n")
+
+    with RawUpstream(loop_thread, write_answer) as upstream:
+        gateway = start_gateway(target={"url": upstream.url})
+        request = {"model": "claude", "max_tokens": 64, "stream": True, "messages": []}
+        relayed = httpx.post(
+            gateway.url + "/v1/messages",
+            content=orjson.dumps(request),
+            headers={"x-api-key": CLIENT_KEY, "content-type": "application/json"},
+            timeout=WAIT,
+        )
+    assert relayed.status_code == 200
+    assert relayed.content == whole
+    usage = orjson.loads(events[-2].split(b"data: ", 1)[1])["usage"]
+    assert wait_until(lambda: gateway.stats["total_requests"] == 1, WAIT)
+    assert gateway.stats["output_tokens"] == usage["output_tokens"] > 0
+
+
+def test_an_unread_answer_in_tiny_chunks_stops_being_read_and_then_arrives_whole(
+    loop_thread: LoopThread,
+) -> None:
+    """aiohttp bounds what a connection holds unread by its bytes and by its number of
+    pieces, since each piece costs memory of its own; 30,000 one-byte chunks are far
+    below the first bound and far above the second."""
+    count = 30_000
+
+    async def write_answer(writer: asyncio.StreamWriter) -> None:
+        writer.write(SSE_HEAD)
+        await writer.drain()
+        await asyncio.sleep(0.2)  # the body comes in reads of its own, after the head
+        writer.write(chunk(b"x") * count + b"0\r\n\r\n")
+        await writer.drain()
+
+    async def read_after_a_pause() -> tuple[int, bool, bytes]:
+        async with open_session() as session:
+            response = await session.get(upstream.url + "/")
+            content = response.content
+            protocol = response.connection.protocol if response.connection else None
+            for _ in range(int(WAIT / 0.01)):
+                if protocol is None or protocol._reading_paused:
+                    break
+                await asyncio.sleep(0.01)
+            held = len(content._buffer)
+            paused = protocol is not None and protocol._reading_paused
+            body = b""
+            while piece := await content.readany():
+                body += piece
+            return held, paused, body
+
+    with RawUpstream(loop_thread, write_answer) as upstream:
+        held, paused, body = loop_thread.run(read_after_a_pause(), WAIT + 10)
+    assert paused
+    assert 0 < held < count
+    assert body == b"x" * count
