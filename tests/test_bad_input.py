@@ -205,11 +205,16 @@ def test_a_body_json_decoders_refuse_is_400(start_gateway: GatewayFactory, raw: 
 # --- slow clients ----------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("served_before", [0, 1], ids=["first request", "after one served"])
 def test_dribbled_headers_are_408_and_the_connection_closed(
-    start_gateway: GatewayFactory,
+    start_gateway: GatewayFactory, served_before: int
 ) -> None:
+    """The head timer runs for every request on a connection, not only its first."""
     gateway = start_gateway(server={"client_timeout_secs": TIMEOUT})
     with promises(gateway), connection(gateway) as sock:
+        for _ in range(served_before):
+            sock.sendall(head("GET", "/health", "content-length: 0"))
+            assert sock.read_answer()[0] == 200
         sock.sendall(b"POST /v1/messages HTTP/1.1\r\n")
         deadline = time.monotonic() + WAIT
         sock.sock.settimeout(0.05)

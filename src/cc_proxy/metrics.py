@@ -291,11 +291,12 @@ class Metrics(Observer):
         if exchange.outcome is Outcome.DROPPED:
             counts[_DROPPED] += 1
             return
-        role, upstream = exchange.role.value, exchange.upstream
+        # The enums are StrEnums: labels as they are (`.value` is a slow property).
+        role, upstream = exchange.role, exchange.upstream
         model = self._model(exchange.model)
         status = str(exchange.status) if exchange.status is not None else "none"
-        outcome = exchange.outcome.value if exchange.outcome is not None else "none"
-        counts[_REQUESTS, exchange.mode.value, role, upstream, model, status, outcome] += 1
+        outcome = exchange.outcome or "none"
+        counts[_REQUESTS, exchange.mode, role, upstream, model, status, outcome] += 1
         first_byte, finished = exchange.first_byte, exchange.finished
         if first_byte is not None:
             self._observed(self._ttft_observed, role, upstream).add(first_byte - exchange.started)

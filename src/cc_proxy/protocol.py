@@ -85,19 +85,23 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self._head_bytes += len(data)
         super().data_received(data)
         # Checked after parsing: a read that also completes the head is let through.
-        if self._in_head and self._head_bytes > MAX_HEAD_BYTES:
-            self._refuse(
-                HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE,
-                ErrorType.INVALID_REQUEST,
-                f"request line and headers exceed {MAX_HEAD_BYTES} bytes",
-            )
+        if self._in_head:
+            if self._head_bytes > MAX_HEAD_BYTES:
+                self._refuse(
+                    HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE,
+                    ErrorType.INVALID_REQUEST,
+                    f"request line and headers exceed {MAX_HEAD_BYTES} bytes",
+                )
+            else:
+                # Timed from the read that began the head and did not end it: a head that
+                # comes whole in one read, as nearly all do, never starts a timer.
+                self._arm_head_timer()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self.scope[CLIENT_LINK] = ClientLink(self._held_links)  # type: ignore[literal-required]
         self._in_head = True
         self._head_bytes = 0
-        self._arm_head_timer()
 
     def on_headers_complete(self) -> None:
         self._in_head = False

@@ -155,9 +155,15 @@ def _connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[byte
 
 def response_headers(upstream_headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     """The upstream's response headers for the client: all but the hop-by-hop ones."""
-    pairs = list(upstream_headers)
-    dropped = HOP_BY_HOP | _connection_tokens(pairs)
-    return [(name, value) for name, value in pairs if name.lower() not in dropped]
+    kept = []
+    listed: set[bytes] = set()  # named in Connection: hop-by-hop as well
+    for name, value in upstream_headers:
+        lowered = name.lower()
+        if lowered == b"connection":
+            listed.update(token.strip().lower() for token in value.split(b","))
+        if lowered not in HOP_BY_HOP:
+            kept.append((lowered, name, value))
+    return [(name, value) for lowered, name, value in kept if lowered not in listed]
 
 
 class _RelayReader(StreamReader):
@@ -198,12 +204,15 @@ class _RelayReader(StreamReader):
         pass
 
     def _read_nowait(self, n: int) -> bytes:
-        buffer = self._buffer
-        if n != -1 or self._buffer_offset or len(buffer) < 2:
+        if n != -1 or self._buffer_offset:
             return super()._read_nowait(n)
         self._timer.assert_timeout()
-        data = b"".join(buffer)
-        buffer.clear()
+        buffer = self._buffer
+        if len(buffer) == 1:
+            data = buffer.popleft()
+        else:
+            data = b"".join(buffer)
+            buffer.clear()
         self._size -= len(data)
         self._cursor += len(data)
         if self._size < self._low_water:
