@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import functools
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import aiohttp
@@ -144,23 +144,28 @@ class Upstream:
         return headers
 
 
+def _listed(connection: bytes) -> Iterator[bytes]:
+    """The header names a `Connection` value lists, which are hop-by-hop as well."""
+    return (token.strip().lower() for token in connection.split(b","))
+
+
 def _connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes]:
-    """Header names listed in `Connection`, which are hop-by-hop as well."""
+    """Header names listed in `Connection` headers."""
     tokens: set[bytes] = set()
     for name, value in headers:
         if name.lower() == b"connection":
-            tokens.update(token.strip().lower() for token in value.split(b","))
+            tokens.update(_listed(value))
     return frozenset(tokens)
 
 
 def response_headers(upstream_headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     """The upstream's response headers for the client: all but the hop-by-hop ones."""
     kept = []
-    listed: set[bytes] = set()  # named in Connection: hop-by-hop as well
+    listed: set[bytes] = set()
     for name, value in upstream_headers:
-        lowered = name.lower()
+        lowered = name.lower()  # once: the upstream's own case is what the client gets
         if lowered == b"connection":
-            listed.update(token.strip().lower() for token in value.split(b","))
+            listed.update(_listed(value))
         if lowered not in HOP_BY_HOP:
             kept.append((lowered, name, value))
     return [(name, value) for lowered, name, value in kept if lowered not in listed]
