@@ -60,6 +60,23 @@ def test_any_split_gives_the_same_bytes_and_counts(name: str) -> None:
         assert usage == whole
 
 
+@pytest.mark.parametrize("data_only", [False, True])
+def test_text_naming_counted_events_is_not_counted(data_only: bool) -> None:
+    plain = answer(ASK)
+    naming = answer(ASK)
+    naming["content"][0]["text"] = " ".join(_NAMING)
+    counts = []
+    for message in (plain, naming):
+        events = message_events(message, pieces=3)
+        if data_only:
+            events = [event.split(b"\n", 1)[1] for event in events]
+        counts.append(relay([b"".join(events)])[1])
+    assert counts[0] == counts[1]
+    assert counts[1].output_tokens == 12
+    assert counts[1].stopped
+    assert not counts[1].error_type
+
+
 def test_every_single_split_point_gives_the_same_counts() -> None:
     stream = streams()["tool-use"]
     _, whole = relay([stream])
@@ -81,7 +98,16 @@ def test_relayed_pieces_end_on_event_boundaries() -> None:
 
 # --- property: any split of a valid stream ------------------------------------------------
 
-_text_blocks = st.text(max_size=30).map(lambda text: {"type": "text", "text": text})
+# Text that names counted events: found by name, they must still be told from real ones.
+_NAMING = [
+    "event: message_stop",
+    "an error in message_delta",
+    'data: {"type":"content_block_start"}\n\n',
+    "message_start\r\n\r\nerror",
+]
+_text_blocks = (st.text(max_size=30) | st.sampled_from(_NAMING)).map(
+    lambda text: {"type": "text", "text": text}
+)
 _tool_blocks = st.fixed_dictionaries(
     {
         "type": st.just("tool_use"),

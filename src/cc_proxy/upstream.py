@@ -242,7 +242,21 @@ class _ResponseHandler(ResponseHandler):
             super().resume_reading(resume_parser)
 
     def data_received(self, data: bytes) -> None:
+        payload = self._payload
+        if type(payload) is not _RelayReader or payload._eof:
+            # This read may hold an answer's head, and the body behind it: a fast upstream
+            # has often sent much of an answer by the time the head is read. The head is
+            # parsed first, so that the body goes to the relay's reader from its first
+            # byte (a split read is parsed as two reads are).
+            end = data.find(b"\r\n\r\n") + 4
+            if 4 <= end < len(data):
+                super().data_received(data[:end])
+                self._adopt_reader()
+                data = data[end:]
         super().data_received(data)
+        self._adopt_reader()
+
+    def _adopt_reader(self) -> None:
         payload = self._payload
         if type(payload) is StreamReader:
             # The answer's head is parsed and its reader made, by aiohttp's compiled
