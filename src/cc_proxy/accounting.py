@@ -19,8 +19,7 @@ _CRLF_BOUNDARY = b"\r\n\r\n"
 _COUNTED = frozenset(
     {b"message_start", b"message_delta", b"content_block_start", b"message_stop", b"error"}
 )
-# Every counted name holds one of these; three substring searches find them all, at
-# about 2 ns a byte together (a regex alternation took 13).
+# Every counted name holds one of these.
 _SEARCHED = (b"message_", b"content_block_start", b"error")
 # An upstream that never ends an event must not make the gateway hold its stream.
 MAX_HELD_BYTES = 1024 * 1024
@@ -65,7 +64,7 @@ class SseFramer:
         return held
 
 
-def _data_of(block: bytes) -> bytes:
+def event_data(block: bytes) -> bytes:
     """The data of an SSE event in any field order, multi-line data joined."""
     data: list[bytes] = []
     for line in block.split(b"\n"):
@@ -75,20 +74,27 @@ def _data_of(block: bytes) -> bytes:
     return b"\n".join(data)
 
 
-def _first_names(region: bytes) -> tuple[int, int, int]:
-    """Where each of `_SEARCHED` first occurs in `region` (-1: nowhere)."""
-    return region.find(b"message_"), region.find(b"content_block_start"), region.find(b"error")
+def events_naming(region: bytes, names: tuple[bytes, ...]) -> list[bytes]:
+    """The events of `region` (whole events, as `SseFramer.feed` returns) in which any of
+    `names` occurs, in stream order, with "\n" line ends.
+
+    Found from the names, not by walking the events: an answer read in a few large
+    pieces had each of its events split out and checked in Python, for the few that
+    matter. A substring search takes about 0.7 ns a byte; a regex alternation took 13."""
+    spans = _spans(region, names)
+    if not spans:
+        return []  # most regions: deltas that name nothing
+    if b"\r" in region:
+        region = region.replace(b"\r\n", b"\n")
+        spans = _spans(region, names)
+    return [region[start:end] for start, end in spans]
 
 
-def _named_blocks(region: bytes, firsts: tuple[int, int, int]) -> list[tuple[int, int]]:
-    """The (start, end) of each event in `region` that names a counted event, in order.
-
-    Found from the names, not by walking the events: a 100-delta answer read in a few
-    large pieces had each of its events split out and checked in Python, for the five
-    or so that are counted. A name holds no newline, so it lies within one event."""
+def _spans(region: bytes, names: tuple[bytes, ...]) -> list[tuple[int, int]]:
     spans: list[tuple[int, int]] = []
-    for index, name in enumerate(_SEARCHED):
-        at = firsts[index]
+    for name in names:
+        # A name holds no newline, so it lies within one event.
+        at = region.find(name)
         while at >= 0:
             start = region.rfind(_LF_BOUNDARY, 0, at)
             start = start + 2 if start >= 0 else 0
@@ -97,20 +103,13 @@ def _named_blocks(region: bytes, firsts: tuple[int, int, int]) -> list[tuple[int
                 end = len(region)
             spans.append((start, end))
             at = region.find(name, end)
-    # in stream order: a message_start read after its message_delta would undo it
+    # in stream order: a message_start taken after its message_delta would undo it
     return sorted(set(spans)) if len(spans) > 1 else spans
 
 
 def account_events(region: bytes, usage: Usage) -> None:
     """Count the complete events in `region` (as returned by `SseFramer.feed`)."""
-    firsts = _first_names(region)
-    if max(firsts) < 0:
-        return  # most regions: text deltas only
-    if b"\r" in region:
-        region = region.replace(b"\r\n", b"\n")
-        firsts = _first_names(region)
-    for start, end in _named_blocks(region, firsts):
-        block = region[start:end]
+    for block in events_naming(region, _SEARCHED):
         if block.startswith(b"event: "):
             # The Anthropic wire form: `event: NAME\ndata: {...}`. The name says whether
             # the event is counted, before the data is touched.
@@ -120,9 +119,9 @@ def account_events(region: bytes, usage: Usage) -> None:
             if block.startswith(b"data: ", line_end + 1) and block.find(b"\n", line_end + 1) < 0:
                 data = block[line_end + 7 :]
             else:
-                data = _data_of(block)
+                data = event_data(block)
         else:
-            data = _data_of(block)
+            data = event_data(block)
         if data:
             try:
                 event = orjson.loads(data)

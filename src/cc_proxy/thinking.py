@@ -11,17 +11,17 @@ those blocks out of passthrough-bound requests (`shaping.PassthroughShaping`).
 from __future__ import annotations
 
 import hashlib
-import re
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
 import orjson
 
+from cc_proxy.accounting import event_data, events_naming
 from cc_proxy.exchange import Exchange, Observer, Role
 
-_WANTED = re.compile(rb'"thinking"|signature_delta|content_block_stop')
-_DELTAS = re.compile(rb"thinking_delta|text_delta|input_json_delta")
+# The events that start, sign and stop a block name one of these; no other delta does.
+_FOLLOWED = (b"content_block_start", b"signature_delta", b"content_block_stop")
 
 # Whole non-streaming answers larger than this are not searched for thinking blocks.
 MAX_SEARCHED_JSON_BYTES = 16 * 1024 * 1024
@@ -61,13 +61,6 @@ class ThinkingSignatures:
         return len(self._digests)
 
 
-def _event_data(block: bytes) -> bytes:
-    for line in block.split(b"\n"):
-        if line.startswith(b"data:"):
-            return line[5:].lstrip(b" ")
-    return b""
-
-
 class _StreamReader:
     """Follows the thinking blocks of one SSE answer. A block's signature is the sum of
     its `signature_delta`s; a thinking block that got none (some self-hosted servers sign
@@ -84,17 +77,13 @@ class _StreamReader:
         # Most answers have no thinking at all: one scan of the region says so.
         if not self._pending and b"thinking" not in region:
             return
-        if b"\r" in region:
-            region = region.replace(b"\r\n", b"\n")
-        for block in region.split(b"\n\n"):
-            # Only the starts of thinking blocks, their signatures and their stops are
-            # decoded; the many thinking, text and tool-input deltas never are.
-            if _WANTED.search(block) and not _DELTAS.search(block):
-                self._event(block)
+        # The many thinking, text and tool-input deltas are never decoded.
+        for block in events_naming(region, _FOLLOWED):
+            self._event(block)
 
     def _event(self, block: bytes) -> None:
         try:
-            event = orjson.loads(_event_data(block))
+            event = orjson.loads(event_data(block))
         except orjson.JSONDecodeError:
             return
         if not isinstance(event, dict):
