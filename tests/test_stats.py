@@ -195,19 +195,32 @@ def test_a_failing_observer_does_not_break_requests_or_the_other_observers(
 def test_a_failing_body_watcher_does_not_break_the_answer(
     client: anthropic.Anthropic, gateway: RunningGateway
 ) -> None:
+    """It is dropped after its first failure; the others still see the whole answer."""
     from collections.abc import Callable
 
     from cc_proxy.exchange import Exchange, Observer
 
+    calls: list[bytes] = []
+    seen: list[bytes] = []
+
     def broken(chunk: bytes) -> None:
+        calls.append(chunk)
         raise RuntimeError("watcher bug")
 
     class Watching(Observer):
-        def body_watcher(self, exchange: Exchange) -> Callable[[bytes], None] | None:
-            return broken
+        def __init__(self, watcher: Callable[[bytes], None]) -> None:
+            self.watcher = watcher
 
-    gateway.gateway.observers.add(Watching())
+        def body_watcher(self, exchange: Exchange) -> Callable[[bytes], None] | None:
+            return self.watcher
+
+    gateway.gateway.observers.add(Watching(broken))
+    gateway.gateway.observers.add(Watching(seen.append))
     with client.messages.stream(**ASK) as stream:
         message = stream.get_final_message()
     assert message.usage.output_tokens > 0
     assert stats(gateway)["output_tokens"] == message.usage.output_tokens
+    assert len(calls) == 1
+    answer = b"".join(seen)
+    assert answer.startswith(b"event: message_start")
+    assert answer.endswith(b'event: message_stop\ndata: {"type":"message_stop"}\n\n')

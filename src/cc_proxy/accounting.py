@@ -48,6 +48,8 @@ class SseFramer:
         self._held = b""
 
     def feed(self, chunk: bytes) -> bytes:
+        if not self._held and (chunk.endswith(_LF_BOUNDARY) or chunk.endswith(_CRLF_BOUNDARY)):
+            return chunk  # the usual case: upstreams write whole events
         buffer = self._held + chunk if self._held else chunk
         end = complete_events_end(buffer)
         if end == len(buffer):
@@ -81,16 +83,6 @@ def events_naming(region: bytes, names: tuple[bytes, ...]) -> list[bytes]:
     Found from the names, not by walking the events: an answer read in a few large
     pieces had each of its events split out and checked in Python, for the few that
     matter. A substring search takes about 0.7 ns a byte; a regex alternation took 13."""
-    spans = _spans(region, names)
-    if not spans:
-        return []  # most regions: deltas that name nothing
-    if b"\r" in region:
-        region = region.replace(b"\r\n", b"\n")
-        spans = _spans(region, names)
-    return [region[start:end] for start, end in spans]
-
-
-def _spans(region: bytes, names: tuple[bytes, ...]) -> list[tuple[int, int]]:
     spans: list[tuple[int, int]] = []
     for name in names:
         # A name holds no newline, so it lies within one event.
@@ -103,8 +95,14 @@ def _spans(region: bytes, names: tuple[bytes, ...]) -> list[tuple[int, int]]:
                 end = len(region)
             spans.append((start, end))
             at = region.find(name, end)
-    # in stream order: a message_start taken after its message_delta would undo it
-    return sorted(set(spans)) if len(spans) > 1 else spans
+    if not spans:
+        return []  # most regions: deltas that name nothing
+    if region.find(b"\r") >= 0:
+        return events_naming(region.replace(b"\r\n", b"\n"), names)
+    if len(spans) > 1:
+        # in stream order: a message_start taken after its message_delta would undo it
+        spans = sorted(set(spans))
+    return [region[start:end] for start, end in spans]
 
 
 def account_events(region: bytes, usage: Usage) -> None:

@@ -151,12 +151,15 @@ def _reason(exc: BaseException | None) -> str:
 
 def _show(watchers: list[Callable[[bytes], None]], chunk: bytes) -> None:
     """Pass a relayed chunk to the observers' watchers; one that fails is dropped."""
-    for watch in tuple(watchers):
+    failed = []
+    for watch in watchers:
         try:
             watch(chunk)
         except Exception:
             log.exception("a body watcher failed; it sees no more of this answer")
-            watchers.remove(watch)
+            failed.append(watch)
+    if failed:  # dropped once all have seen the chunk
+        watchers[:] = [watch for watch in watchers if watch not in failed]
 
 
 async def _first_chunk(

@@ -75,7 +75,9 @@ class _StreamReader:
 
     def feed(self, region: bytes) -> None:
         # Most answers have no thinking at all: one scan of the region says so.
-        if not self._pending and b"thinking" not in region:
+        # (`find`, not `in`: CPython 3.11 tries a bytes needle as an int first, and makes
+        # and drops a TypeError for it, doubling the cost of a search in an event)
+        if not self._pending and region.find(b"thinking") < 0:
             return
         # The many thinking, text and tool-input deltas are never decoded.
         for block in events_naming(region, _FOLLOWED):

@@ -220,9 +220,10 @@ class _RelayReader(StreamReader):
             buffer.clear()
         self._size -= len(data)
         self._cursor += len(data)
-        if self._size < self._low_water:
+        protocol = self._protocol
+        if self._size < self._low_water and (protocol._reading_paused or protocol._buffer_paused):
             # after the buffer is emptied: resuming may feed it again at once
-            self._protocol.resume_reading()
+            protocol.resume_reading()
         return data
 
 
@@ -243,16 +244,18 @@ class _ResponseHandler(ResponseHandler):
 
     def data_received(self, data: bytes) -> None:
         payload = self._payload
-        if type(payload) is not _RelayReader or payload._eof:
-            # This read may hold an answer's head, and the body behind it: a fast upstream
-            # has often sent much of an answer by the time the head is read. The head is
-            # parsed first, so that the body goes to the relay's reader from its first
-            # byte (a split read is parsed as two reads are).
-            end = data.find(b"\r\n\r\n") + 4
-            if 4 <= end < len(data):
-                super().data_received(data[:end])
-                self._adopt_reader()
-                data = data[end:]
+        if type(payload) is _RelayReader and not payload._eof:
+            super().data_received(data)  # more of an answer's body
+            return
+        # This read may hold an answer's head, and the body behind it: a fast upstream has
+        # often sent much of an answer by the time the head is read. The head is parsed
+        # first, so that the body goes to the relay's reader from its first byte (a read
+        # parsed in two pieces is parsed as two reads are).
+        end = data.find(b"\r\n\r\n") + 4
+        if 4 <= end < len(data):
+            super().data_received(data[:end])
+            self._adopt_reader()
+            data = data[end:]
         super().data_received(data)
         self._adopt_reader()
 
