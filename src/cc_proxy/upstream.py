@@ -236,7 +236,32 @@ class _ResponseHandler(ResponseHandler):
     its parser an empty chunk and resumes the transport. A stream relayed event by event
     paid that once per event: 7% of a streamed answer's CPU (py-spy, the Claude Code
     request). Only a paused connection has anything to resume.
+
+    It also keeps the read deadline (`sock_read`) without a new timer for every read.
     """
+
+    _read_deadline = 0.0
+
+    def _reschedule_timeout(self) -> None:
+        # aiohttp cancels a timer and makes another at every read: 5% of the instructions
+        # of a stream read one event at a time. Here a read moves the deadline on, and the
+        # one timer, when it fires, is set again for whatever time is left.
+        timeout = self._read_timeout
+        if not timeout:
+            self._drop_timeout()
+            return
+        loop = self._loop
+        self._read_deadline = loop.time() + timeout
+        if self._read_timeout_handle is None:
+            self._read_timeout_handle = loop.call_at(self._read_deadline, self._deadline_reached)
+
+    def _deadline_reached(self) -> None:
+        self._read_timeout_handle = None
+        loop = self._loop
+        if loop.time() < self._read_deadline:  # read from since the timer was set
+            self._read_timeout_handle = loop.call_at(self._read_deadline, self._deadline_reached)
+        else:
+            self._on_read_timeout()
 
     def resume_reading(self, resume_parser: bool = True) -> None:
         if self._reading_paused or self._buffer_paused:
