@@ -19,6 +19,9 @@ _CRLF_BOUNDARY = b"\r\n\r\n"
 _COUNTED = frozenset(
     {b"message_start", b"message_delta", b"content_block_start", b"message_stop", b"error"}
 )
+# The first line of a text, thinking or tool-input delta, never counted.
+_DELTA_LINE = b"event: content_block_delta\n"
+_DELTA_LENGTH = len(_DELTA_LINE)
 # Every counted name holds one of these.
 _SEARCHED = (b"message_", b"content_block_start", b"error")
 # An upstream that never ends an event must not make the gateway hold its stream.
@@ -107,6 +110,8 @@ def events_naming(region: bytes, names: tuple[bytes, ...]) -> list[bytes]:
 
 def account_events(region: bytes, usage: Usage) -> None:
     """Count the complete events in `region` (as returned by `SseFramer.feed`)."""
+    if region[:_DELTA_LENGTH] == _DELTA_LINE and region.count(_LF_BOUNDARY) == 1:
+        return  # one delta, the usual region of a stream paced by its model: half the cost
     for block in events_naming(region, _SEARCHED):
         if block.startswith(b"event: "):
             # The Anthropic wire form: `event: NAME\ndata: {...}`. The name says whether

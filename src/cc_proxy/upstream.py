@@ -202,11 +202,10 @@ class _RelayReader(StreamReader):
                 self._protocol.pause_reading()
         return False
 
-    def begin_http_chunk_receiving(self) -> None:
-        pass
-
-    def end_http_chunk_receiving(self) -> None:
-        pass
+    # The compiled parser calls these at every HTTP chunk. Chunk ends are not noted, and a
+    # builtin that does nothing costs no Python frame: a `pass` method took 8% of the
+    # instructions of a stream read in large pieces.
+    begin_http_chunk_receiving = end_http_chunk_receiving = staticmethod(bool)  # type: ignore[assignment]
 
     def _read_nowait(self, n: int) -> bytes:
         if n != -1 or self._buffer_offset:
