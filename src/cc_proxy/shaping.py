@@ -249,7 +249,7 @@ class PassthroughShaping:
         known = self.target_thinking
         # Nothing remembered (the gateway never served target thinking) or no thinking in
         # the request: the common case costs one substring scan at most.
-        if not len(known) or b"thinking" not in raw:
+        if not len(known) or raw.find(b"thinking") < 0:
             return None
         if body is None:
             try:

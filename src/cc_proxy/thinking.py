@@ -145,7 +145,7 @@ class TargetThinking(Observer):
         if (
             answer is None
             or len(answer) > MAX_SEARCHED_JSON_BYTES
-            or b'"thinking"' not in answer
+            or answer.find(b'"thinking"') < 0
             or not self._watches(exchange)
         ):
             return

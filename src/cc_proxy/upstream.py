@@ -272,11 +272,12 @@ class _ResponseHandler(ResponseHandler):
             super().data_received(data)  # more of an answer's body
             return
         # This read may hold an answer's head, and the body behind it: a fast upstream has
-        # often sent much of an answer by the time the head is read. The head is parsed
-        # first, so that the body goes to the relay's reader from its first byte (a read
-        # parsed in two pieces is parsed as two reads are).
+        # often sent much of a stream by the time the head is read. The head of a chunked
+        # answer is parsed first, so that its chunks go to the relay's reader from the
+        # first (a read parsed in two pieces is parsed as two reads are). A body of known
+        # length is fed in one piece either way.
         end = data.find(b"\r\n\r\n") + 4
-        if 4 <= end < len(data):
+        if 4 <= end < len(data) and data[:end].lower().find(b"chunked") >= 0:
             super().data_received(data[:end])
             self._adopt_reader()
             data = data[end:]
