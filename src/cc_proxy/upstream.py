@@ -257,7 +257,7 @@ class _ResponseHandler(ResponseHandler):
     def _deadline_reached(self) -> None:
         self._read_timeout_handle = None
         loop = self._loop
-        if loop.time() < self._read_deadline:  # read from since the timer was set
+        if loop.time() < self._read_deadline:  # data came after the timer was set
             self._read_timeout_handle = loop.call_at(self._read_deadline, self._deadline_reached)
         else:
             self._on_read_timeout()
