@@ -28,10 +28,8 @@ _SEARCHED = (b"message_", b"content_block_start", b"error")
 MAX_HELD_BYTES = 1024 * 1024
 
 
-def complete_events_end(buffer: bytes) -> int:
+def _last_event_end(buffer: bytes) -> int:
     """Offset just past the last complete SSE event in `buffer`, 0 when there is none."""
-    if buffer.endswith(_LF_BOUNDARY) or buffer.endswith(_CRLF_BOUNDARY):
-        return len(buffer)  # the usual case: upstreams write whole events
     lf = buffer.rfind(_LF_BOUNDARY)
     crlf = buffer.rfind(_CRLF_BOUNDARY)
     return max(lf + 2 if lf >= 0 else 0, crlf + 4 if crlf >= 0 else 0)
@@ -51,13 +49,11 @@ class SseFramer:
         self._held = b""
 
     def feed(self, chunk: bytes) -> bytes:
-        if not self._held and (chunk.endswith(_LF_BOUNDARY) or chunk.endswith(_CRLF_BOUNDARY)):
-            return chunk  # the usual case: upstreams write whole events
         buffer = self._held + chunk if self._held else chunk
-        end = complete_events_end(buffer)
-        if end == len(buffer):
+        if buffer.endswith(_LF_BOUNDARY) or buffer.endswith(_CRLF_BOUNDARY):
             self._held = b""
-            return buffer
+            return buffer  # the usual case: upstreams write whole events
+        end = _last_event_end(buffer)
         if len(buffer) - end > MAX_HELD_BYTES:
             self._held = b""
             return buffer

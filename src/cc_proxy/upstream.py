@@ -220,6 +220,7 @@ class _RelayReader(StreamReader):
         self._size -= len(data)
         self._cursor += len(data)
         protocol = self._protocol
+        # `_ResponseHandler.resume_reading`'s own test, made here to spare a call per read
         if self._size < self._low_water and (protocol._reading_paused or protocol._buffer_paused):
             # after the buffer is emptied: resuming may feed it again at once
             protocol.resume_reading()
