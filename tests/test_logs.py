@@ -8,7 +8,7 @@ import logging
 
 import pytest
 
-from cc_proxy.logs import LOG_FORMAT, StderrLines
+from cc_proxy.logs import FLUSH_SECS, LOG_FORMAT, MAX_HELD_LINES, StderrLines
 
 LINE = "id=0f role=primary mode=target upstream=target POST /v1/messages status=200"
 
@@ -26,21 +26,37 @@ def test_a_printed_line_is_the_logging_formatters_line(
     assert capsys.readouterr().err == logging.Formatter(LOG_FORMAT).format(record) + "\n"
 
 
-def test_lines_ended_in_one_turn_of_the_loop_go_out_together_in_order(
+def test_lines_are_held_for_a_moment_and_go_out_together_in_order(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     lines = StderrLines()
 
-    async def one_turn() -> str:
+    async def print_and_wait() -> list[str]:
+        seen = []
         for number in range(3):
             lines.print(logging.INFO, f"line={number}")
-        held = capsys.readouterr().err
-        await asyncio.sleep(0)  # the loop turns: the flush it was given runs
-        return held
+            await asyncio.sleep(0)  # turns of the loop go by: still held
+            seen.append(capsys.readouterr().err)
+        await asyncio.sleep(FLUSH_SECS * 2)
+        return seen
 
-    assert asyncio.run(one_turn()) == ""
+    assert asyncio.run(print_and_wait()) == ["", "", ""]
     printed = capsys.readouterr().err.splitlines()
     assert [line.rsplit(" ", 1)[1] for line in printed] == ["line=0", "line=1", "line=2"]
+
+
+def test_a_full_hold_goes_out_at_once(capsys: pytest.CaptureFixture[str]) -> None:
+    lines = StderrLines()
+
+    async def fill() -> str:
+        for number in range(MAX_HELD_LINES):
+            lines.print(logging.INFO, f"line={number}")
+        return capsys.readouterr().err
+
+    printed = asyncio.run(fill()).splitlines()
+    assert [line.rsplit(" ", 1)[1] for line in printed] == [
+        f"line={n}" for n in range(MAX_HELD_LINES)
+    ]
 
 
 def test_lines_still_held_are_printed_by_flush(capsys: pytest.CaptureFixture[str]) -> None:

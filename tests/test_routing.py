@@ -4,7 +4,9 @@ client gets back — byte for byte."""
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Iterator
+from urllib.parse import urlsplit
 
 import anthropic
 import httpx
@@ -172,6 +174,27 @@ def test_hop_by_hop_headers_are_dropped_and_host_is_the_upstreams(
     assert "te" not in seen
     assert seen["x-kept"] == "yes"
     assert seen["host"] == target.url.removeprefix("http://")
+
+
+def test_the_upstream_gets_no_header_the_client_did_not_send(
+    gateway: RunningGateway, target: ScriptedUpstream
+) -> None:
+    # A bare HTTP/1.1 request: any HTTP client library would add headers of its own.
+    body = orjson.dumps(HELLO)
+    address = urlsplit(gateway.url)
+    assert address.hostname is not None
+    assert address.port is not None
+    with socket.create_connection((address.hostname, address.port), timeout=30) as client:
+        client.sendall(
+            b"POST /v1/messages HTTP/1.1\r\nhost: gateway\r\ncontent-length: %d\r\n"
+            b"connection: close\r\n\r\n%b" % (len(body), body)
+        )
+        answer_bytes = b"".join(iter(lambda: client.recv(65536), b""))
+    assert answer_bytes.startswith(b"HTTP/1.1 200")
+    seen = {name.lower() for name in target.seen[0].headers}
+    # the upstream's own host and length, and identity for an answer the gateway counts
+    assert seen - {"x-api-key", "authorization"} == {"host", "content-length", "accept-encoding"}
+    assert target.seen[0].headers["accept-encoding"] == "identity"
 
 
 def test_upstream_status_and_headers_reach_the_client_unchanged(

@@ -122,6 +122,10 @@ class MessagesBody(Mapping[str, Any]):
         """A field's value as the client wrote it."""
         return self._fields[key]
 
+    def raw_fields(self) -> Mapping[str, msgspec.Raw]:
+        """Every field's value as the client wrote it, in the client's order."""
+        return self._fields
+
 
 class ShapedBody(Mapping[str, Any]):
     """A body with some fields replaced, added or removed; `encode` writes it out, the
@@ -164,22 +168,33 @@ class ShapedBody(Mapping[str, Any]):
         return sum(1 for _ in self)
 
     def encode(self) -> bytes:
-        base, changes = self._base, self._changes
+        base, changes, dropped = self._base, self._changes, self._dropped
         if not isinstance(base, MessagesBody):
             return exact_dumps(dict(self))
         parts: list[bytes | msgspec.Raw] = []
-        for key in self:
-            if key in changes:
-                value = changes[key]
-                json = value if isinstance(value, msgspec.Raw) else orjson.dumps(value)
-            else:
-                json = base.field_bytes(key)
-            parts += (b",", _KEYS.get(key) or orjson.dumps(key) + b":", json)
+        fields = base.raw_fields()
+        for key, original in fields.items():
+            if key in dropped:
+                continue
+            json = _as_json(changes[key]) if key in changes else original
+            parts += (b",", _KEYS.get(key) or _key(key), json)
+        for key, value in changes.items():
+            if key not in fields and key not in dropped:
+                parts += (b",", _KEYS.get(key) or _key(key), _as_json(value))
         if not parts:
             return b"{}"
         parts[0] = b"{"
         parts.append(b"}")
         return b"".join(parts)  # Raw is a buffer: its bytes are copied once, here
+
+
+def _key(key: str) -> bytes:
+    return orjson.dumps(key) + b":"
+
+
+def _as_json(value: Any) -> bytes | msgspec.Raw:
+    """A change as JSON: one given as `msgspec.Raw` is JSON already."""
+    return value if isinstance(value, msgspec.Raw) else orjson.dumps(value)
 
 
 def exact_dumps(body: Mapping[str, Any]) -> bytes:

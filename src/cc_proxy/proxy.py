@@ -192,29 +192,25 @@ async def send_json(
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
-def _header(scope: Scope, wanted: bytes) -> bytes | None:
-    for name, value in scope["headers"]:
-        if name == wanted:
-            return bytes(value)
-    return None
+def _content_length(headers: Mapping[bytes, bytes]) -> int | None:
+    value = headers.get(b"content-length")
+    return int(value) if value is not None and value.isdigit() else None
 
 
-def _content_length(scope: Scope) -> int | None:
-    value = _header(scope, b"content-length")
-    if value is None:
-        return None
-    return int(value) if value.isdigit() else None
-
-
-async def read_body(scope: Scope, receive: Receive, limit: int, silence_secs: float) -> bytes:
-    too_large = GatewayError(
+def _too_large(limit: int) -> GatewayError:
+    return GatewayError(
         413,
         ErrorType.REQUEST_TOO_LARGE,
         f"request body exceeds the gateway's limit of {limit} bytes (server.max_body_bytes)",
     )
-    declared = _content_length(scope)
+
+
+async def read_body(
+    scope: Scope, receive: Receive, declared: int | None, limit: int, silence_secs: float
+) -> bytes:
+    """The request body whole; `declared` is its Content-Length, if it has one."""
     if declared is not None and declared > limit:
-        raise too_large  # answered before a byte of the body is read
+        raise _too_large(limit)  # answered before a byte of the body is read
     link: ClientLink | None = scope.get(CLIENT_LINK)
     chunks: list[bytes] = []
     size = 0
@@ -230,7 +226,7 @@ async def read_body(scope: Scope, receive: Receive, limit: int, silence_secs: fl
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
-            raise too_large
+            raise _too_large(limit)
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)
@@ -338,7 +334,11 @@ class Proxy:
         endpoint: Endpoint,
         rid: bytes,
     ) -> None:
-        raw = await read_body(scope, receive, self.max_body_bytes, self.client_timeout)
+        # One lookup table for the headers read here (ASGI names are lower-case); where a
+        # name repeats, the last one counts.
+        named = dict(scope["headers"])
+        declared = _content_length(named)
+        raw = await read_body(scope, receive, declared, self.max_body_bytes, self.client_timeout)
         body: Mapping[str, Any] = {}
         if endpoint is Endpoint.MESSAGES or route.shape:
             body = MessagesBody(raw)
@@ -346,7 +346,7 @@ class Proxy:
             exchange.requested_model = exchange.model = model if isinstance(model, str) else None
             exchange.stream = body.get("stream") is True
             exchange.request = body
-            session = _header(scope, SESSION_HEADER)
+            session = named.get(SESSION_HEADER)
             exchange.session_id = session.decode("latin-1") if session else None
         if route.shape:
             shaped = self.shaping.shaped(body, sampling=endpoint is Endpoint.MESSAGES)

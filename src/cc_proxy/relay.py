@@ -18,7 +18,7 @@ import aiohttp
 from cc_proxy.accounting import SseFramer, account_events, account_json
 from cc_proxy.errors import ErrorType, GatewayError, sse_error_event
 from cc_proxy.exchange import Exchange, Observer, Outcome
-from cc_proxy.upstream import SKIP_AUTO_HEADERS, Headers, Upstream
+from cc_proxy.upstream import Headers, Upstream
 
 log = logging.getLogger("cc_proxy")
 
@@ -76,7 +76,6 @@ async def relay(
                 upstream.url_for(exchange.path, exchange.query),
                 data=body if body else None,
                 headers=headers,
-                skip_auto_headers=SKIP_AUTO_HEADERS,
                 allow_redirects=False,
                 timeout=upstream.timeout,
             )

@@ -216,7 +216,7 @@ class TargetShaping:
             kept = without_thinking(messages, lambda block: not known.knows(_signature(block)))
             if kept is not messages:
                 changes["messages"] = kept
-        dropped = self.drop_fields.intersection(body)
+        dropped = self.drop_fields.intersection(body) if self.drop_fields else ()
         if not changes and not dropped:
             return None
         return ShapedBody(body, changes, dropped)

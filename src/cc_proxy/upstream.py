@@ -41,7 +41,8 @@ _DROPPED = {
     for forwards in (True, False)
     for identity in (True, False)
 }
-# aiohttp adds these when absent; a relay must send only what the client sent.
+# aiohttp adds these when absent; a relay must send only what the client sent. Set on
+# the session: given per request, aiohttp builds them into a new set every time.
 SKIP_AUTO_HEADERS = frozenset({"Accept", "Accept-Encoding", "User-Agent", "Content-Type"})
 
 Headers = list[tuple[str, str]]
@@ -150,10 +151,11 @@ def _listed(connection: bytes) -> Iterator[bytes]:
 
 
 def _connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes]:
-    """Header names listed in `Connection` headers."""
+    """Header names listed in `Connection` headers (`headers` as ASGI gives them, names
+    in lower case)."""
     tokens: set[bytes] = set()
     for name, value in headers:
-        if name.lower() == b"connection":
+        if name == b"connection":
             tokens.update(_listed(value))
     return frozenset(tokens)
 
@@ -298,12 +300,16 @@ class _ResponseHandler(ResponseHandler):
 def open_session() -> aiohttp.ClientSession:
     """The one client session for both upstreams, opened inside the running loop. No
     connection cap of its own: the target's limiter is the explicit one. No cookie jar:
-    a relay must not carry one client's cookies to another. Answers stay as sent."""
+    a relay must not carry one client's cookies to another. Answers stay as sent, and
+    requests get no header that the client did not send (SKIP_AUTO_HEADERS)."""
     connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=60)
     # The connector makes each connection's protocol with this factory (aiohttp 3.14).
     connector._factory = functools.partial(  # type: ignore[assignment]
         _ResponseHandler, loop=asyncio.get_running_loop()
     )
     return aiohttp.ClientSession(
-        connector=connector, auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar()
+        connector=connector,
+        auto_decompress=False,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        skip_auto_headers=SKIP_AUTO_HEADERS,
     )
