@@ -138,7 +138,13 @@ def shown(content: bytes | bytearray, limit: int, size: int | None = None) -> st
 
 
 class Observer:
-    """Subscribes to exchanges. Every hook is optional and must not block or raise."""
+    """Subscribes to exchanges. Every hook is optional and must not block or raise.
+
+    `only_modes` and `only_traced` narrow which exchanges reach the hooks at all, so that
+    an observer with nothing to do for most exchanges costs them nothing."""
+
+    only_modes: frozenset[Mode] | None = None  # None: every mode
+    only_traced: bool = False  # only exchanges that started with content tracing on
 
     def on_start(self, exchange: Exchange) -> None:
         """The route is chosen and the request is about to be sent upstream."""
@@ -153,42 +159,64 @@ class Observer:
         """A callable to receive each relayed body chunk of this exchange, or None."""
         return None
 
+    def wants(self, mode: Mode, traced: bool) -> bool:
+        """Whether exchanges of `mode`, with content tracing on or off, reach the hooks."""
+        return (self.only_modes is None or mode in self.only_modes) and (
+            traced or not self.only_traced
+        )
+
+
+# Per hook, the observers that define it.
+_Hooked = dict[str, list[Observer]]
+
 
 class Observers(Observer):
     """Fans each hook out to the observers it holds, in order.
 
     An observer that raises is logged and skipped: a broken observer must never break a
-    client's request. A hook is called only on the observers that define it: most define
-    two or three of the four, and the calls that do nothing were a measurable part of a
-    small request's CPU.
+    client's request. A hook is called only on the observers that define it and want the
+    exchange (`Observer.wants`): most define two or three of the four, and the calls that
+    do nothing were a measurable part of a small request's CPU.
     """
 
     def __init__(self, observers: Sequence[Observer] = ()) -> None:
-        self._hooked: dict[str, list[Observer]] = {hook: [] for hook in _HOOKS}
+        self._observers: list[Observer] = []
+        # by the exchange's (mode, trace_content): made when first needed
+        self._hooked: dict[tuple[Mode, bool], _Hooked] = {}
         for observer in observers:
             self.add(observer)
 
     def add(self, observer: Observer) -> None:
-        for hook, defining in self._hooked.items():
-            if getattr(type(observer), hook) is not getattr(Observer, hook):
-                defining.append(observer)
+        self._observers.append(observer)
+        self._hooked.clear()
+
+    def _hooks(self, exchange: Exchange) -> _Hooked:
+        kind = (exchange.mode, exchange.trace_content)
+        hooked = self._hooked.get(kind)
+        if hooked is None:
+            wanting = [observer for observer in self._observers if observer.wants(*kind)]
+            hooked = self._hooked[kind] = {
+                hook: [o for o in wanting if getattr(type(o), hook) is not getattr(Observer, hook)]
+                for hook in _HOOKS
+            }
+        return hooked
 
     def on_start(self, exchange: Exchange) -> None:
-        for observer in self._hooked["on_start"]:
+        for observer in self._hooks(exchange)["on_start"]:
             try:
                 observer.on_start(exchange)
             except Exception:
                 _log_failure(observer, "on_start")
 
     def on_first_byte(self, exchange: Exchange) -> None:
-        for observer in self._hooked["on_first_byte"]:
+        for observer in self._hooks(exchange)["on_first_byte"]:
             try:
                 observer.on_first_byte(exchange)
             except Exception:
                 _log_failure(observer, "on_first_byte")
 
     def on_end(self, exchange: Exchange) -> None:
-        for observer in self._hooked["on_end"]:
+        for observer in self._hooks(exchange)["on_end"]:
             try:
                 observer.on_end(exchange)
             except Exception:
@@ -196,7 +224,7 @@ class Observers(Observer):
 
     def watchers(self, exchange: Exchange) -> list[Callable[[bytes], None]]:
         found = []
-        for observer in self._hooked["body_watcher"]:
+        for observer in self._hooks(exchange)["body_watcher"]:
             try:
                 watcher = observer.body_watcher(exchange)
             except Exception:

@@ -125,6 +125,8 @@ class AccessLog(Observer):
 class ContentLog(Observer):
     """Request and answer content of exchanges that started while tracing was on."""
 
+    only_traced = True
+
     def __init__(self) -> None:
         self._answers: dict[tuple[str, str], AnswerCopy] = {}
 

@@ -372,6 +372,8 @@ _STOP = object()
 class CompareRecorder(Observer):
     """Pairs each compare-mode request's primary and shadow exchanges into one record."""
 
+    only_modes = frozenset({Mode.COMPARE})
+
     def __init__(self, settings: CompareSettings) -> None:
         self.settings = settings
         self.store = RecordStore(settings.db_path)
