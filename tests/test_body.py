@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cc_proxy.body import MessagesBody, ShapedBody, check_utf8
+from cc_proxy.body import MessagesBody, ShapedBody, Utf8Checked, check_utf8
 from cc_proxy.errors import GatewayError
 
 FIXTURE = Path(__file__).parent / "fixtures" / "claude-code-2.1.197" / "basic.json"
@@ -43,6 +44,7 @@ def test_fields_are_decoded_on_demand_and_equal_a_full_decode() -> None:
         (b'{"model": "m",}', "request body is not valid JSON"),
         (b'{"model": "m"} trailing', "request body is not valid JSON"),
         (b'{"messages": [{"content": "\xff"}]}', "request body is not valid JSON"),
+        (b'{"mod\xffel": "m"}', "request body is not valid JSON"),
         (b"[1, 2]", "request body must be a JSON object, not list"),
         (b'"text"', "request body must be a JSON object, not str"),
         (b"", "request body is not valid JSON"),
@@ -58,6 +60,7 @@ def test_fields_are_decoded_on_demand_and_equal_a_full_decode() -> None:
         "trailing-comma",
         "trailing-text",
         "bad-utf8",
+        "bad-utf8-in-a-key",
         "array",
         "string",
         "empty",
@@ -129,3 +132,32 @@ def _refused_at(decode: Callable[[], object]) -> int | None:
     except UnicodeDecodeError as exc:
         return exc.start
     return None
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    values=st.lists(
+        st.tuples(
+            st.sampled_from(["tools", "system"]), st.sampled_from([b"", b"a", b"\xc3"])
+        ).flatmap(lambda kv: utf8_parts.map(lambda part: (kv[0], kv[1] * 3 + part))),
+        max_size=30,
+    )
+)
+def test_remembered_values_are_refused_exactly_as_a_decode_refuses_them(
+    values: list[tuple[str, bytes]],
+) -> None:
+    # Small enough to remember almost every value, so that equal lengths meet often.
+    checked = Utf8Checked(capacity=3, min_remembered=2)
+    for field, value in values:
+        assert _refused_at(partial(checked.check, field, value)) == _refused_at(value.decode)
+        assert len(checked) <= 3
+
+
+def test_a_remembered_value_is_checked_again_once_changed() -> None:
+    checked = Utf8Checked(min_remembered=4)
+    valid = "é".encode() * 10
+    checked.check("tools", valid)
+    invalid = valid[:-1] + b"\xff"  # the same field and length
+    with pytest.raises(UnicodeDecodeError):
+        checked.check("tools", invalid)
+    checked.check("tools", valid)  # still known good
