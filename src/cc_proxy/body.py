@@ -9,7 +9,9 @@ when first read, and a reshaped body is written back from those bytes with only 
 changed fields encoded. Measured on the recorded Claude Code request as the CLI sends it
 (compact UTF-8): 35 µs to check and split it, 79 with the UTF-8 check, against 116 µs for
 a full decode plus 21 µs to encode it again, and none of the thousands of objects a full
-decode makes for the collector to walk while the answer streams.
+decode makes for the collector to walk while the answer streams. The UTF-8 check of the
+tool definitions, the same in every request of a session, is made once (`Utf8Checked`:
+143 against 80 µs a request, measured side by side on a busier day).
 """
 
 from __future__ import annotations
