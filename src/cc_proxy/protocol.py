@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+import weakref
 from http import HTTPStatus
 from typing import Any
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from cc_proxy.errors import ErrorType, error_body
 
@@ -30,7 +31,7 @@ class ClientLink:
     the disconnect did the same at a cost, measured A/B, of a fifth of a 5 KB request's
     CPU and 1.8 KB of every stream held."""
 
-    __slots__ = ("_held", "body_whole", "gone", "task")
+    __slots__ = ("_held", "body_whole", "cycle", "gone", "task")
 
     def __init__(self, held: set[ClientLink]) -> None:
         self._held = held  # the connection's links that are held now
@@ -38,6 +39,31 @@ class ClientLink:
         # The request's body has arrived to its end: reading it can no longer stall.
         self.body_whole = False
         self.task: asyncio.Task[Any] | None = None
+        # uvicorn's request-response cycle, once the head is read. Weakly: the cycle holds
+        # the scope, which holds this link, and a reference loop per request would leave
+        # every request's objects to the garbage collector.
+        self.cycle: weakref.ref[RequestResponseCycle] | None = None
+
+    def write_chunk(self, chunk: bytes) -> bool:
+        """Writes `chunk` to the client as one HTTP chunk of the answer, where uvicorn's
+        `send` of `{"body": chunk, "more_body": True}` would do just that (a chunked answer
+        under way, the client there, its connection not paused); False, having written
+        nothing, where the caller must `send` it. An SSE answer is such a chunk per event,
+        and the message dict, the coroutine and uvicorn's checks around each write were
+        8% of the instructions of a model-paced stream (callgrind, 100 deltas 4 ms apart:
+        5.55 M -> 5.17 M per answer; uvicorn 0.54, whose cycle this reads)."""
+        cycle = self.cycle() if self.cycle is not None else None
+        if (
+            cycle is None
+            or cycle.chunked_encoding is not True  # also: not started, or a HEAD request
+            or cycle.response_complete
+            or cycle.disconnected
+            or cycle.flow.write_paused
+            or not chunk
+        ):
+            return False
+        cycle.transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+        return True
 
     def hold(self, task: asyncio.Task[Any]) -> None:
         self.task = task
@@ -107,6 +133,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._in_head = False
         self._cancel_head_timer()
         super().on_headers_complete()
+        cycle = self.cycle
+        if cycle is not None and cycle.scope is self.scope:  # none made for an upgrade
+            self.scope[CLIENT_LINK].cycle = weakref.ref(cycle)  # type: ignore[literal-required]
 
     def on_message_complete(self) -> None:
         super().on_message_complete()

@@ -126,7 +126,9 @@ class ClientSink(Sink):
         await self._send({"type": "http.response.start", "status": status, "headers": relayed})
 
     async def body(self, chunk: bytes) -> None:
-        await self._send({"type": "http.response.body", "body": chunk, "more_body": True})
+        link = self._link
+        if link is None or not link.write_chunk(chunk):
+            await self._send({"type": "http.response.body", "body": chunk, "more_body": True})
 
     async def end(self) -> None:
         self._let_go()
