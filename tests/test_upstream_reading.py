@@ -9,6 +9,7 @@ import asyncio
 import random
 from collections.abc import Awaitable, Callable, Iterator
 
+import aiohttp
 import httpx
 import orjson
 import pytest
@@ -160,3 +161,36 @@ def test_an_unread_answer_in_tiny_chunks_stops_being_read_and_then_arrives_whole
     assert paused
     assert 0 < held < count
     assert body == b"x" * count
+
+
+def test_an_answer_under_a_total_timeout_keeps_aiohttps_reader_and_its_timeout(
+    loop_thread: LoopThread,
+) -> None:
+    """The relay's reader leaves out aiohttp's total-timeout timer, which the gateway
+    never sets; an answer read under one (any other user of the session) must still be
+    cut off by it, and one without it is read the relay's way."""
+
+    async def write_answer(writer: asyncio.StreamWriter) -> None:
+        # and nothing more: the answer never ends, and the connection stays open until
+        # the client closes it
+        writer.write(SSE_HEAD + chunk(b"event: ping\ndata: {}\n\n"))
+        await writer.drain()
+
+    async def read(bounds: aiohttp.ClientTimeout) -> tuple[str, bytes, bool]:
+        async with open_session() as session:
+            response = await session.get(upstream.url + "/", timeout=bounds)
+            reader = type(response.content).__name__
+            try:
+                first = await response.content.readany()
+                await response.content.readany()
+            except TimeoutError:
+                return reader, first, True
+            finally:
+                response.close()
+            return reader, first, False
+
+    with RawUpstream(loop_thread, write_answer) as upstream:
+        total = loop_thread.run(read(aiohttp.ClientTimeout(total=0.5)), WAIT)
+        silence = loop_thread.run(read(aiohttp.ClientTimeout(sock_read=0.5)), WAIT)
+    assert total == ("StreamReader", b"event: ping\ndata: {}\n\n", True)
+    assert silence == ("_RelayReader", b"event: ping\ndata: {}\n\n", True)

@@ -126,9 +126,11 @@ class ClientSink(Sink):
         await self._send({"type": "http.response.start", "status": status, "headers": relayed})
 
     async def body(self, chunk: bytes) -> None:
+        await self._send({"type": "http.response.body", "body": chunk, "more_body": True})
+
+    def body_at_once(self, chunk: bytes) -> bool:
         link = self._link
-        if link is None or not link.write_chunk(chunk):
-            await self._send({"type": "http.response.body", "body": chunk, "more_body": True})
+        return link is not None and link.write_chunk(chunk)
 
     async def end(self) -> None:
         self._let_go()
@@ -165,6 +167,9 @@ class EstimatingSink(ClientSink):
     async def body(self, chunk: bytes) -> None:
         if not self._estimating:
             await super().body(chunk)
+
+    def body_at_once(self, chunk: bytes) -> bool:
+        return self._estimating or super().body_at_once(chunk)
 
     async def end(self) -> None:
         if not self._estimating:

@@ -37,6 +37,12 @@ class Sink:
     async def body(self, chunk: bytes) -> None:
         """A piece of the body, to pass on now."""
 
+    def body_at_once(self, chunk: bytes) -> bool:
+        """Passes a piece of the body on, if that can be done without waiting, and says
+        whether it was; if not, the caller awaits `body` with it. The relay loops call
+        this first: a coroutine per event was 2% of a model-paced stream's instructions."""
+        return True
+
     async def end(self) -> None:
         """The body is complete."""
 
@@ -188,7 +194,8 @@ async def _relay_sse(
     while chunk:
         events = framer.feed(chunk)
         if events:
-            await sink.body(events)
+            if not sink.body_at_once(events):
+                await sink.body(events)
             # counted once passed on: the stats count what the client was given
             if counting:
                 account_events(events, exchange.usage)
@@ -232,7 +239,8 @@ async def _relay_body(
                 pieces.clear()
         if watchers:
             _show(watchers, chunk)
-        await sink.body(chunk)
+        if not sink.body_at_once(chunk):
+            await sink.body(chunk)
         chunk = await read()
     if counting:
         exchange.answer_json = answer = b"".join(pieces)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import aiohttp
 from aiohttp.client_proto import ResponseHandler
+from aiohttp.helpers import TimerNoop
 from aiohttp.streams import StreamReader
 
 # RFC 9110 §7.6.1, plus the pre-standard Proxy-Connection.
@@ -209,10 +210,26 @@ class _RelayReader(StreamReader):
     # instructions of a stream read in large pieces.
     begin_http_chunk_receiving = end_http_chunk_receiving = staticmethod(bool)  # type: ignore[assignment]
 
+    async def readany(self) -> bytes:
+        # aiohttp's, less a coroutine of its own for every wait (`_wait`) and the
+        # total-timeout timer around it, which does nothing here (see `_adopt_reader`).
+        if self._exception is not None:
+            raise self._exception
+        while not self._buffer and not self._eof:
+            if not self._protocol.connected:
+                raise RuntimeError("Connection closed.")
+            if self._waiter is not None:
+                raise RuntimeError("readany() called while another read is waiting")
+            waiter = self._waiter = self._loop.create_future()
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+        return self._read_nowait(-1)
+
     def _read_nowait(self, n: int) -> bytes:
         if n != -1 or self._buffer_offset:
             return super()._read_nowait(n)
-        self._timer.assert_timeout()
         buffer = self._buffer
         if len(buffer) == 1:
             data = buffer.popleft()
@@ -289,7 +306,9 @@ class _ResponseHandler(ResponseHandler):
 
     def _adopt_reader(self) -> None:
         payload = self._payload
-        if type(payload) is StreamReader:
+        # An answer under a total timeout keeps aiohttp's reader, which enforces it at
+        # every read; the gateway sets none (`app._timeout`: a stream may last minutes).
+        if type(payload) is StreamReader and type(payload._timer) is TimerNoop:
             # The answer's head is parsed and its reader made, by aiohttp's compiled
             # parser, whose reader class is fixed. The reader is given the relay's class
             # (same layout: it adds no slots) and reads the relay's way from here on.
