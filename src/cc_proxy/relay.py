@@ -40,7 +40,8 @@ class Sink:
     def body_at_once(self, chunk: bytes) -> bool:
         """Passes a piece of the body on, if that can be done without waiting, and says
         whether it was; if not, the caller awaits `body` with it. The relay loops call
-        this first: a coroutine per event was 2% of a model-paced stream's instructions."""
+        this first: a coroutine per event was 3% of the instructions of a model-paced
+        stream (callgrind, 100 deltas 4 ms apart: 4.82 M -> 4.68 M per answer)."""
         return True
 
     async def end(self) -> None:

@@ -212,7 +212,9 @@ class _RelayReader(StreamReader):
 
     async def readany(self) -> bytes:
         # aiohttp's, less a coroutine of its own for every wait (`_wait`) and the
-        # total-timeout timer around it, which does nothing here (see `_adopt_reader`).
+        # total-timeout timer around it, which does nothing here (see `_adopt_reader`):
+        # 7% of the instructions of a model-paced stream (callgrind, 100 deltas 4 ms
+        # apart: 5.17 M -> 4.82 M per answer).
         if self._exception is not None:
             raise self._exception
         while not self._buffer and not self._eof:
