@@ -127,3 +127,26 @@ def test_a_load_figure_is_the_median_of_its_rounds_so_a_disturbed_round_weighs_n
     assert figures["cpu_us_per_request"] == 500.0
     assert figures["cpu_us_per_request_rounds"] == [500.0, 300.0, 1800.0]
     assert figures["rps"] == 100.0
+
+
+@pytest.mark.slow
+def test_instructions_per_response_are_counted_for_both_relays(tmp_path: Path) -> None:
+    """`python -m bench.instructions` at its smallest: both relays under callgrind."""
+    scenarios = ["--scenarios", "json", "stream"]
+    size = ["--requests", "4", "--concurrency", "2"]
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.instructions", *scenarios, *size, "--out", str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    found = json.loads((tmp_path / "instructions.json").read_text())["found"]
+    assert set(found) == {"json", "stream"}
+    for scenario, relays in found.items():
+        assert set(relays) == {"cc-proxy", "minimal"}, scenario
+        # a response takes hundreds of thousands of instructions, under a billion
+        assert all(1e5 < count < 1e9 for count in relays.values()), (scenario, relays)
+    assert "| stream | cc-proxy |" in (tmp_path / "instructions.md").read_text()

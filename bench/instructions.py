@@ -1,0 +1,202 @@
+"""Instructions per response under callgrind: the relays' own work counted, where CPU
+time on this shared box moves by a quarter from one round to the next.
+
+    python -m bench.instructions [--scenarios stream json claude_code]
+        [--relays cc-proxy minimal] [--requests N] [--concurrency C] [--gap-ms MS]
+
+Each relay runs under `valgrind --tool=callgrind` (Debian's `valgrind`) with counting
+off, against the bench's stand-in upstream. After a warm-up, counting is switched on
+(`callgrind_control -i on`), N requests are made at concurrency C, and the count is
+dumped and divided by N. Valgrind counts user-space instructions only: the kernel's
+share (the sockets) is not in it. How many SSE events one read of the upstream holds
+depends on timing, and a read costs the same whatever it holds, so a stream's count
+depends on the pacing: `--gap-ms 4` makes each read hold one event, as a model paces
+them; the default, a fast upstream at concurrency 10, reads many events at once, as the
+bench's load does. Counts repeat to within about 1% at the default settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from bench.__main__ import scenarios
+from bench.load import HEADERS, Scenario
+from bench.procs import REPO, Process, free_port, python, start, wait_for_line, wait_for_port
+
+RELAYS = ("cc-proxy", "minimal")
+SUMMARY = re.compile(rb"^(?:summary|totals): (\d+)", re.MULTILINE)
+CONTENT_LENGTH = re.compile(rb"\r\ncontent-length: *(\d+)", re.IGNORECASE)
+
+
+def _relay_argv(relay: str, port: int, upstream_url: str, workdir: Path) -> list[str]:
+    if relay == "minimal":
+        return python("bench.minimal_relay", "--port", str(port), "--upstream", upstream_url)
+    config = workdir / "empty.toml"
+    config.write_text("# everything is set on the command line and in the environment\n")
+    return python(
+        "cc_proxy", "--config", str(config), "--target-url", upstream_url, "--model", "bench-model"
+    )  # fmt: skip
+
+
+async def _exchange(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes
+) -> None:
+    """One request, its answer read to the end (chunked or of known length)."""
+    writer.write(request)
+    head = await reader.readuntil(b"\r\n\r\n")
+    if not head.startswith(b"HTTP/1.1 200"):
+        raise ConnectionError(head.split(b"\r\n", 1)[0].decode())
+    length = CONTENT_LENGTH.search(head)
+    if length is not None:
+        await reader.readexactly(int(length.group(1)))
+        return
+    while size := int((await reader.readuntil(b"\r\n")).strip(), 16):
+        await reader.readexactly(size + 2)
+    await reader.readexactly(2)
+
+
+async def _load(port: int, scenario: Scenario, requests: int, concurrency: int) -> None:
+    body = scenario.body.read_bytes()
+    request = b"POST %b HTTP/1.1\r\nhost: 127.0.0.1\r\n%bcontent-length: %d\r\n\r\n%b" % (
+        scenario.path.encode(),
+        HEADERS,
+        len(body),
+        body,
+    )
+
+    async def connection(count: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            for _ in range(count):
+                await _exchange(reader, writer, request)
+        finally:
+            writer.close()
+
+    per_connection = max(1, requests // concurrency)
+    await asyncio.gather(*(connection(per_connection) for _ in range(concurrency)))
+
+
+def _callgrind_control(*args: str) -> None:
+    subprocess.run(["callgrind_control", *args], capture_output=True, check=True, timeout=60)
+
+
+def count(
+    relay: str, scenario: Scenario, upstream_url: str, args: argparse.Namespace, workdir: Path
+) -> float:
+    """Instructions per response of `relay`, run under callgrind."""
+    port = free_port()
+    out = workdir / f"callgrind.{relay}.{scenario.name}"
+    valgrind = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}"]
+    argv = valgrind + _relay_argv(relay, port, upstream_url, workdir)
+    env = {
+        "CC_SERVER__LISTEN_ADDRESS": f"127.0.0.1:{port}",
+        "CC_TARGET__MAX_CONCURRENT": "20000",
+        "CC_COMPARE__DB_PATH": str(workdir / "compare.db"),
+    }
+    process = start(relay, argv, core=None, log=workdir / f"{relay}.log", env=env)
+    try:
+        wait_for_port(port, process, timeout=300)  # valgrind starts Python slowly
+        # Warm-up, not counted: imports, pools, caches.
+        asyncio.run(_load(port, scenario, args.concurrency * 2, args.concurrency))
+        pid = str(process.popen.pid)
+        _callgrind_control("-i", "on", pid)
+        _callgrind_control("--zero", pid)
+        asyncio.run(_load(port, scenario, args.requests, args.concurrency))
+        _callgrind_control("--dump", pid)
+        _callgrind_control("-i", "off", pid)
+    finally:
+        process.stop()
+    dumped = out.with_name(out.name + ".1")
+    found = SUMMARY.search(dumped.read_bytes())
+    if found is None:
+        raise RuntimeError(f"callgrind wrote no count for {relay}: {dumped}")
+    requests: int = max(1, args.requests // args.concurrency) * args.concurrency
+    instructions = int(found.group(1))
+    return instructions / requests
+
+
+def _start_upstream(workdir: Path, gap_ms: float) -> tuple[Process, str]:
+    argv = python("bench.upstream", "--port", "0", "--gap-ms", str(gap_ms))
+    process = start("upstream", argv, core=None, log=workdir / "upstream.log")
+    port = wait_for_line(process, "listening ")
+    return process, f"http://127.0.0.1:{port}"
+
+
+def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    for tool in ("valgrind", "callgrind_control"):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"{tool} is needed: apt-get install valgrind")
+    found: dict[str, dict[str, float]] = {}
+    with tempfile.TemporaryDirectory(prefix="cc-proxy-instructions-") as tmp:
+        workdir = Path(tmp)
+        chosen = [s for s in scenarios(workdir) if s.name in args.scenarios]
+        upstream, upstream_url = _start_upstream(workdir, args.gap_ms)
+        try:
+            for scenario in chosen:
+                found[scenario.name] = {}
+                for relay in args.relays:
+                    started = time.monotonic()
+                    per_response = count(relay, scenario, upstream_url, args, workdir)
+                    found[scenario.name][relay] = per_response
+                    print(
+                        f"instructions: {scenario.name} {relay}: {per_response / 1000:,.1f} k "
+                        f"per response ({time.monotonic() - started:.0f} s)",
+                        flush=True,
+                    )
+        finally:
+            upstream.stop()
+    return found
+
+
+def render(found: dict[str, dict[str, float]], args: argparse.Namespace) -> str:
+    pacing = f"upstream {args.gap_ms:g} ms between events" if args.gap_ms else "fast upstream"
+    lines = [
+        f"Instructions per response under callgrind ({args.requests} requests at "
+        f"concurrency {args.concurrency}, {pacing}; user space only)",
+        "",
+        "| scenario | relay | instructions per response | × minimal |",
+        "|---|---|---:|---:|",
+    ]
+    for scenario, relays in found.items():
+        base = relays.get("minimal")
+        for relay, value in relays.items():
+            ratio = f"{value / base:.2f}" if base else "–"
+            lines.append(f"| {scenario} | {relay} | {value / 1000:,.1f} k | {ratio} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.instructions",
+        description=__doc__.split("\n\n")[0] if __doc__ else None,
+    )
+    names = ("json", "stream", "claude_code")
+    parser.add_argument("--scenarios", nargs="+", choices=names, default=list(names))
+    parser.add_argument("--relays", nargs="+", choices=RELAYS, default=list(RELAYS))
+    parser.add_argument("--requests", type=int, default=100, help="counted per relay")
+    parser.add_argument("--concurrency", type=int, default=10)
+    parser.add_argument("--gap-ms", type=float, default=0, help="pace the upstream's events")
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    args = parser.parse_args()
+    found = run(args)
+    table = render(found, args)
+    print(table)
+    args.out.mkdir(parents=True, exist_ok=True)
+    suffix = f"-gap{args.gap_ms:g}ms" if args.gap_ms else ""
+    (args.out / f"instructions{suffix}.json").write_text(
+        json.dumps({"settings": vars(args) | {"out": str(args.out)}, "found": found}, indent=2)
+        + "\n"
+    )
+    (args.out / f"instructions{suffix}.md").write_text(table)
+
+
+if __name__ == "__main__":
+    main()
