@@ -22,18 +22,23 @@ RELAYS = {"direct", "nginx", "minimal", "cc-proxy", "cc-proxy-compare"}
 SCENARIOS = {"json", "stream", "claude_code"}
 
 
-@pytest.fixture(scope="module")
-def smoke(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("bench")
+def run_harness(*argv: str, timeout: float) -> None:
+    """`python -m ARGV...` from the repository, which must exit 0."""
     done = subprocess.run(
-        [sys.executable, "-m", "bench", "--smoke", "--out", str(out)],
+        [sys.executable, "-m", *argv],
         cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=timeout,
         check=False,
     )
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("bench")
+    run_harness("bench", "--smoke", "--out", str(out), timeout=300)
     return out
 
 
@@ -134,15 +139,7 @@ def test_instructions_per_response_are_counted_for_both_relays(tmp_path: Path) -
     """`python -m bench.instructions` at its smallest: both relays under callgrind."""
     scenarios = ["--scenarios", "json", "stream"]
     size = ["--requests", "4", "--concurrency", "2"]
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.instructions", *scenarios, *size, "--out", str(tmp_path)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
+    run_harness("bench.instructions", *scenarios, *size, "--out", str(tmp_path), timeout=600)
     found = json.loads((tmp_path / "instructions.json").read_text())["found"]
     assert set(found) == {"json", "stream"}
     for scenario, relays in found.items():
