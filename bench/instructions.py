@@ -28,22 +28,13 @@ import time
 from pathlib import Path
 
 from bench.__main__ import scenarios
-from bench.load import HEADERS, Scenario
-from bench.procs import REPO, Process, free_port, python, start, wait_for_line, wait_for_port
+from bench.load import Scenario, request_bytes
+from bench.procs import REPO, free_port, start, wait_for_port
+from bench.relays import cc_proxy_command, minimal_argv, start_upstream
 
 RELAYS = ("cc-proxy", "minimal")
 SUMMARY = re.compile(rb"^(?:summary|totals): (\d+)", re.MULTILINE)
 CONTENT_LENGTH = re.compile(rb"\r\ncontent-length: *(\d+)", re.IGNORECASE)
-
-
-def _relay_argv(relay: str, port: int, upstream_url: str, workdir: Path) -> list[str]:
-    if relay == "minimal":
-        return python("bench.minimal_relay", "--port", str(port), "--upstream", upstream_url)
-    config = workdir / "empty.toml"
-    config.write_text("# everything is set on the command line and in the environment\n")
-    return python(
-        "cc_proxy", "--config", str(config), "--target-url", upstream_url, "--model", "bench-model"
-    )  # fmt: skip
 
 
 async def _exchange(
@@ -63,17 +54,11 @@ async def _exchange(
     await reader.readexactly(2)
 
 
-async def _load(port: int, scenario: Scenario, requests: int, concurrency: int) -> None:
-    body = scenario.body.read_bytes()
-    request = b"POST %b HTTP/1.1\r\nhost: 127.0.0.1\r\n%bcontent-length: %d\r\n\r\n%b" % (
-        scenario.path.encode(),
-        HEADERS,
-        len(body),
-        body,
-    )
+async def _load(url: str, scenario: Scenario, requests: int, concurrency: int) -> None:
+    host, port, request = request_bytes(url, scenario)
 
     async def connection(count: int) -> None:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        reader, writer = await asyncio.open_connection(host, port)
         try:
             for _ in range(count):
                 await _exchange(reader, writer, request)
@@ -95,21 +80,21 @@ def count(
     port = free_port()
     out = workdir / f"callgrind.{relay}.{scenario.name}"
     valgrind = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}"]
-    argv = valgrind + _relay_argv(relay, port, upstream_url, workdir)
-    env = {
-        "CC_SERVER__LISTEN_ADDRESS": f"127.0.0.1:{port}",
-        "CC_TARGET__MAX_CONCURRENT": "20000",
-        "CC_COMPARE__DB_PATH": str(workdir / "compare.db"),
-    }
-    process = start(relay, argv, core=None, log=workdir / f"{relay}.log", env=env)
+    env: dict[str, str] = {}
+    if relay == "minimal":
+        argv = minimal_argv(upstream_url, port)
+    else:
+        argv, env = cc_proxy_command(relay, upstream_url, port, workdir)
+    process = start(relay, valgrind + argv, core=None, log=workdir / f"{relay}.log", env=env)
+    url = f"http://127.0.0.1:{port}"
     try:
         wait_for_port(port, process, timeout=300)  # valgrind starts Python slowly
         # Warm-up, not counted: imports, pools, caches.
-        asyncio.run(_load(port, scenario, args.concurrency * 2, args.concurrency))
+        asyncio.run(_load(url, scenario, args.concurrency * 2, args.concurrency))
         pid = str(process.popen.pid)
         _callgrind_control("-i", "on", pid)
         _callgrind_control("--zero", pid)
-        asyncio.run(_load(port, scenario, args.requests, args.concurrency))
+        asyncio.run(_load(url, scenario, args.requests, args.concurrency))
         _callgrind_control("--dump", pid)
         _callgrind_control("-i", "off", pid)
     finally:
@@ -123,13 +108,6 @@ def count(
     return instructions / requests
 
 
-def _start_upstream(workdir: Path, gap_ms: float) -> tuple[Process, str]:
-    argv = python("bench.upstream", "--port", "0", "--gap-ms", str(gap_ms))
-    process = start("upstream", argv, core=None, log=workdir / "upstream.log")
-    port = wait_for_line(process, "listening ")
-    return process, f"http://127.0.0.1:{port}"
-
-
 def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     for tool in ("valgrind", "callgrind_control"):
         if shutil.which(tool) is None:
@@ -138,7 +116,8 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     with tempfile.TemporaryDirectory(prefix="cc-proxy-instructions-") as tmp:
         workdir = Path(tmp)
         chosen = [s for s in scenarios(workdir) if s.name in args.scenarios]
-        upstream, upstream_url = _start_upstream(workdir, args.gap_ms)
+        gap = ("--gap-ms", str(args.gap_ms))
+        upstream, upstream_url = start_upstream("upstream", None, workdir, *gap)
         try:
             for scenario in chosen:
                 found[scenario.name] = {}

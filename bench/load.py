@@ -110,7 +110,8 @@ def run_wrk(
     raise RuntimeError(f"wrk gave no figures: {done.stdout}\n{done.stderr}")
 
 
-def _request(url: str, scenario: Scenario) -> tuple[str, int, bytes]:
+def request_bytes(url: str, scenario: Scenario) -> tuple[str, int, bytes]:
+    """(host, port, the request as sent) for `scenario` against the relay at `url`."""
     parts = urlsplit(url)
     body = scenario.body.read_bytes()
     head = b"POST %b HTTP/1.1\r\nhost: %b\r\n%bcontent-length: %d\r\n\r\n" % (
@@ -154,7 +155,7 @@ async def _one(
 async def _timed(
     url: str, scenario: Scenario, concurrency: int, per_connection: int
 ) -> list[tuple[float, float]]:
-    host, port, request = _request(url, scenario)
+    host, port, request = request_bytes(url, scenario)
     times: list[tuple[float, float]] = []
 
     async def connection() -> None:

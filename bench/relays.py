@@ -76,9 +76,13 @@ def start_nginx(upstream_url: str, core: int | None, logs: Path) -> Relay:
     return Relay("nginx", f"http://127.0.0.1:{port}", process)
 
 
+def minimal_argv(upstream_url: str, port: int) -> list[str]:
+    return python("bench.minimal_relay", "--port", str(port), "--upstream", upstream_url)
+
+
 def start_minimal(upstream_url: str, core: int | None, logs: Path) -> Relay:
     port = free_port()
-    argv = python("bench.minimal_relay", "--port", str(port), "--upstream", upstream_url)
+    argv = minimal_argv(upstream_url, port)
     process = start("minimal", argv, core=core, log=logs / "minimal.log")
     wait_for_port(port, process)
     return Relay("minimal", f"http://127.0.0.1:{port}", process)
@@ -97,6 +101,33 @@ def start_cc_proxy(
 ) -> Relay:
     """cc-proxy as shipped: accounting on, content tracing off, the access log at INFO."""
     port = free_port()
+    argv, env = cc_proxy_command(
+        name,
+        target_url,
+        port,
+        logs,
+        mode=mode,
+        passthrough_url=passthrough_url,
+        workers=workers,
+        extra_args=extra_args,
+    )
+    process = start(name, argv, core=core, log=logs / f"{name}.log", env=env)
+    wait_for_port(port, process)
+    return Relay(name, f"http://127.0.0.1:{port}", process)
+
+
+def cc_proxy_command(
+    name: str,
+    target_url: str,
+    port: int,
+    logs: Path,
+    *,
+    mode: str = "target",
+    passthrough_url: str | None = None,
+    workers: int = 1,
+    extra_args: tuple[str, ...] = (),
+) -> tuple[list[str], dict[str, str]]:
+    """The command line and environment of cc-proxy as `start_cc_proxy` runs it."""
     config = logs / "empty.toml"
     config.write_text("# the harness sets everything through the environment\n")
     env = {
@@ -121,6 +152,4 @@ def start_cc_proxy(
         "bench-model",
         *extra_args,
     )
-    process = start(name, argv, core=core, log=logs / f"{name}.log", env=env)
-    wait_for_port(port, process)
-    return Relay(name, f"http://127.0.0.1:{port}", process)
+    return argv, env
