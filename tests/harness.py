@@ -21,7 +21,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 import aiohttp
 import httpx
@@ -64,6 +64,34 @@ class LoopThread:
     def close(self) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(5)
+
+
+class RawServer:
+    """A server on raw sockets, run on `loop_thread`, for tests of the bytes on the wire:
+    `serve` handles each connection."""
+
+    def __init__(self, loop_thread: LoopThread) -> None:
+        self.loop_thread = loop_thread
+        self.url = ""
+        self._server: asyncio.Server | None = None
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        async def start() -> None:
+            self._server = await asyncio.start_server(self.serve, "127.0.0.1", 0)
+            self.url = f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+
+        self.loop_thread.run(start())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        async def stop() -> None:
+            assert self._server is not None
+            self._server.close()
+
+        self.loop_thread.run(stop())
 
 
 @dataclass
@@ -406,9 +434,9 @@ class RunningGateway:
         assert self.loop is not None
 
         async def probe() -> Held:
-            session = self.gateway.proxy.session
-            assert session is not None
-            connector = session.connector
+            client = self.gateway.proxy.client
+            assert client is not None
+            connector = client.session.connector
             assert isinstance(connector, aiohttp.TCPConnector)
             idle = sum(len(pooled) for pooled in connector._conns.values())
             target = self.gateway.upstreams.get("target")

@@ -93,6 +93,7 @@ def exchange(upstream: str = "target", outcome: Outcome = Outcome.COMPLETE) -> E
         method="POST",
         path="/v1/messages",
         query="",
+        target="/v1/messages",
         is_messages=True,
         status=200,
         outcome=outcome,

@@ -22,6 +22,7 @@ def exchange(mode: Mode, *, traced: bool = False) -> Exchange:
         method="POST",
         path="/v1/messages",
         query="",
+        target="/v1/messages",
         is_messages=True,
         trace_content=traced,
     )

@@ -521,6 +521,7 @@ def observed(**fields: Any) -> Exchange:
         "method": "POST",
         "path": "/v1/messages",
         "query": "",
+        "target": "/v1/messages",
         "is_messages": True,
         "outcome": Outcome.COMPLETE,
         "status": 200,

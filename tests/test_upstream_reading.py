@@ -15,9 +15,9 @@ import orjson
 import pytest
 
 from cc_proxy.standin import answer, message_events
-from cc_proxy.upstream import open_session
+from cc_proxy.upstream_http import open_session
 from conftest import CLIENT_KEY, GatewayFactory
-from harness import LoopThread, wait_until
+from harness import LoopThread, RawServer, wait_until
 
 WAIT = 30.0  # upper bound of every wait; never a timing expectation
 SSE_HEAD = (
@@ -31,16 +31,14 @@ def chunk(data: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(data), data)
 
 
-class RawUpstream:
+class RawUpstream(RawServer):
     """Answers every request on its connection with `write_answer`, on raw bytes."""
 
     def __init__(self, loop_thread: LoopThread, write_answer: Answer) -> None:
-        self._loop_thread = loop_thread
+        super().__init__(loop_thread)
         self._write_answer = write_answer
-        self._server: asyncio.Server | None = None
-        self.url = ""
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while head := await reader.readuntil(b"\r\n\r\n"):
                 length = next(
@@ -57,21 +55,6 @@ class RawUpstream:
             pass
         finally:
             writer.close()
-
-    def __enter__(self) -> RawUpstream:
-        async def start() -> None:
-            self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-            self.url = f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
-
-        self._loop_thread.run(start())
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        async def stop() -> None:
-            assert self._server is not None
-            self._server.close()
-
-        self._loop_thread.run(stop())
 
 
 @pytest.fixture

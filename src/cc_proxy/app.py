@@ -28,7 +28,8 @@ from cc_proxy.shaping import PassthroughShaping, TargetShaping
 from cc_proxy.shared import SharedState
 from cc_proxy.stats import Stats
 from cc_proxy.thinking import TargetThinking, ThinkingSignatures
-from cc_proxy.upstream import Limiter, Upstream, open_session
+from cc_proxy.upstream import Limiter, Upstream
+from cc_proxy.upstream_http import UpstreamClient
 
 if TYPE_CHECKING:
     from cc_proxy.otel import OtlpTracing
@@ -130,7 +131,7 @@ class Gateway:
         self.observers.add(TargetThinking(signatures))
         shaping = TargetShaping.from_settings(settings.target, signatures)
         self.shadow = Shadow(
-            self.upstreams.get("target"), shaping, self.observers, lambda: self.proxy.session
+            self.upstreams.get("target"), shaping, self.observers, lambda: self.proxy.client
         )
         self.proxy = Proxy(
             upstreams=self.upstreams,
@@ -167,12 +168,12 @@ class Gateway:
                 return
 
     async def startup(self) -> None:
-        self.proxy.session = open_session()
+        self.proxy.client = UpstreamClient()
 
     async def shutdown(self) -> None:
         await self.shadow.drain(self.settings.server.shutdown_grace_secs)
-        if self.proxy.session is not None:
-            await self.proxy.session.close()
+        if self.proxy.client is not None:
+            await self.proxy.client.close()
         # Every shadow has ended: the last compare records are whole and get written.
         await asyncio.to_thread(self.records.close)
         if self.otel is not None:

@@ -57,8 +57,11 @@ class Exchange:
     mode: Mode
     upstream: str
     method: str
-    path: str
+    path: str  # unquoted, as routing, logs and traces read it
     query: str
+    # The request target as the client wrote it (path still quoted, and query): what the
+    # upstream gets after its base URL, byte for byte.
+    target: str
     is_messages: bool
     requested_model: str | None = None
     model: str | None = None  # as sent upstream, after any rewrite

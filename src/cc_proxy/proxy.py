@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-import aiohttp
 import orjson
 from starlette.types import Message, Receive, Scope, Send
 
@@ -29,6 +28,7 @@ from cc_proxy.shadow import Shadow
 from cc_proxy.shaping import PassthroughShaping, TargetShaping
 from cc_proxy.shared import Cell
 from cc_proxy.upstream import Upstream, response_headers
+from cc_proxy.upstream_http import UpstreamClient
 
 REQUEST_ID_HEADER = b"x-cc-proxy-request-id"
 # Claude Code names its session in every request (X-Claude-Code-Session-Id).
@@ -276,7 +276,7 @@ class Proxy:
         self.tracing = tracing
         self.max_body_bytes = max_body_bytes
         self.client_timeout = client_timeout
-        self.session: aiohttp.ClientSession | None = None  # opened with the event loop
+        self.client: UpstreamClient | None = None  # opened with the event loop
         # Request ids: 32 hex digits, a random per-process half and a counter, unique
         # across restarts and workers. uuid4 cost a tenth of a small request's CPU.
         self._id_prefix = os.urandom(8).hex()
@@ -289,6 +289,8 @@ class Proxy:
         route = ROUTES[mode, endpoint]
         upstream = self.upstreams[route.upstream]
         request_id = f"{self._id_prefix}{next(self._id_counter):016x}"
+        query = scope["query_string"].decode("latin-1")
+        raw_path = scope["raw_path"].decode("latin-1")  # uvicorn's, as the client wrote it
         exchange = Exchange(
             id=request_id,
             role=Role.PRIMARY,
@@ -296,7 +298,8 @@ class Proxy:
             upstream=upstream.name,
             method=method,
             path=scope["path"],
-            query=scope["query_string"].decode("latin-1"),
+            query=query,
+            target=f"{raw_path}?{query}" if query else raw_path,
             is_messages=endpoint is Endpoint.MESSAGES,
             trace_content=self.tracing.enabled,
         )
@@ -368,7 +371,7 @@ class Proxy:
         if route.shadow:
             self.shadow.send(scope, exchange, body)
 
-        assert self.session is not None, "the client session opens at start-up"
+        assert self.client is not None, "the client session opens at start-up"
         headers = upstream.request_headers(scope["headers"], identity=exchange.is_messages)
         if route.upstream == "target":
             headers = self.shaping.shape_headers(headers)
@@ -387,7 +390,7 @@ class Proxy:
         sink: Sink,
     ) -> None:
         """Take a slot of the upstream's limiter (or refuse with 529) and relay."""
-        assert self.session is not None
+        assert self.client is not None
         limiter = upstream.limiter
         if limiter is not None and not await limiter.acquire():
             raise GatewayError(
@@ -399,7 +402,7 @@ class Proxy:
         try:
             watchers = self.observers.watchers(exchange)
             await relay(
-                self.session, upstream, exchange, headers, body, sink, self.observers, watchers
+                self.client, upstream, exchange, headers, body, sink, self.observers, watchers
             )
         finally:
             if limiter is not None:

@@ -12,13 +12,13 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import aiohttp
 from starlette.types import Scope
 
 from cc_proxy.exchange import Exchange, Observers, Outcome, Role
 from cc_proxy.relay import Sink, relay
 from cc_proxy.shaping import TargetShaping
 from cc_proxy.upstream import Upstream
+from cc_proxy.upstream_http import UpstreamClient
 
 log = logging.getLogger("cc_proxy.shadow")
 
@@ -29,18 +29,18 @@ class Shadow:
         target: Upstream | None,
         shaping: TargetShaping,
         observers: Observers,
-        session: Callable[[], aiohttp.ClientSession | None],
+        client: Callable[[], UpstreamClient | None],
     ) -> None:
         self._target = target
         self._shaping = shaping
         self._observers = observers
-        self._session = session
+        self._client = client
         self._tasks: set[asyncio.Task[None]] = set()
 
     def send(self, scope: Scope, primary: Exchange, body: Mapping[str, Any]) -> None:
         target = self._target
-        session = self._session()
-        if target is None or session is None:
+        client = self._client()
+        if target is None or client is None:
             return
         shadow = Exchange(
             id=primary.id,
@@ -50,6 +50,7 @@ class Shadow:
             method=primary.method,
             path=primary.path,
             query=primary.query,
+            target=primary.target,
             is_messages=primary.is_messages,
             requested_model=primary.requested_model,
             model=self._shaping.model or primary.requested_model,
@@ -70,13 +71,13 @@ class Shadow:
             shadow.finished = shadow.started
             self._observers.on_end(shadow)
             return
-        task = asyncio.create_task(self._run(session, target, scope["headers"], shadow, body))
+        task = asyncio.create_task(self._run(client, target, scope["headers"], shadow, body))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def _run(
         self,
-        session: aiohttp.ClientSession,
+        client: UpstreamClient,
         target: Upstream,
         client_headers: list[tuple[bytes, bytes]],
         shadow: Exchange,
@@ -92,7 +93,7 @@ class Shadow:
                 target.request_headers(client_headers, identity=True)
             )
             watchers = self._observers.watchers(shadow)
-            await relay(session, target, shadow, headers, raw, Sink(), self._observers, watchers)
+            await relay(client, target, shadow, headers, raw, Sink(), self._observers, watchers)
         except asyncio.CancelledError:
             shadow.outcome = Outcome.CANCELLED
             shadow.detail = "cancelled at shutdown"
