@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import socket
+import ssl
 import subprocess
 import tempfile
 import threading
@@ -68,10 +69,11 @@ class LoopThread:
 
 class RawServer:
     """A server on raw sockets, run on `loop_thread`, for tests of the bytes on the wire:
-    `serve` handles each connection."""
+    `serve` handles each connection. With `tls`, over TLS (an https URL)."""
 
-    def __init__(self, loop_thread: LoopThread) -> None:
+    def __init__(self, loop_thread: LoopThread, tls: ssl.SSLContext | None = None) -> None:
         self.loop_thread = loop_thread
+        self.tls = tls
         self.url = ""
         self._server: asyncio.Server | None = None
 
@@ -80,8 +82,9 @@ class RawServer:
 
     def __enter__(self) -> Self:
         async def start() -> None:
-            self._server = await asyncio.start_server(self.serve, "127.0.0.1", 0)
-            self.url = f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+            self._server = await asyncio.start_server(self.serve, "127.0.0.1", 0, ssl=self.tls)
+            scheme = "https" if self.tls else "http"
+            self.url = f"{scheme}://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
 
         self.loop_thread.run(start())
         return self
@@ -92,6 +95,60 @@ class RawServer:
             self._server.close()
 
         self.loop_thread.run(stop())
+
+
+@dataclass
+class Received:
+    """A request as it came on the upstream's socket."""
+
+    connection: int  # which connection, counted from 0 in order of arrival
+    on_connection: int  # which request on that connection, counted from 0
+    head: bytes
+    body: bytes
+
+    @property
+    def lines(self) -> list[bytes]:
+        return self.head.split(b"\r\n")[:-2]
+
+
+# What the upstream writes for a request, or None to close the connection unanswered.
+Respond = Callable[[Received], bytes | None]
+
+
+class RecordingUpstream(RawServer):
+    """Records each request and writes `respond`'s reply to it."""
+
+    def __init__(
+        self, loop_thread: LoopThread, respond: Respond, tls: ssl.SSLContext | None = None
+    ) -> None:
+        super().__init__(loop_thread, tls)
+        self.respond = respond
+        self.received: list[Received] = []
+        self.connections = 0
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connection, self.connections = self.connections, self.connections + 1
+        try:
+            for on_connection in range(1000):
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n"):
+                    name, _, value = line.partition(b":")
+                    if name.lower() == b"content-length":
+                        length = int(value)
+                received = Received(
+                    connection, on_connection, head, await reader.readexactly(length)
+                )
+                self.received.append(received)
+                written = self.respond(received)
+                if written is None:
+                    break
+                writer.write(written)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
 
 
 @dataclass

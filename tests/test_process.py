@@ -13,6 +13,7 @@ import re
 import resource
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -22,10 +23,12 @@ from pathlib import Path
 from typing import IO, Any
 
 import httpx
+import orjson
 import pytest
+import trustme
 
 from cc_proxy.standin import answer, message_events
-from harness import Gate, LoopThread, Reply, ScriptedUpstream, wait_until
+from harness import Gate, LoopThread, RecordingUpstream, Reply, ScriptedUpstream, wait_until
 
 SRC = Path(__file__).resolve().parent.parent / "src"
 
@@ -323,6 +326,44 @@ def test_logs_listening_line_with_the_real_port(launch: Any, target: ScriptedUps
     assert url == f"http://127.0.0.1:{port}"
     assert port != 0
     assert httpx.get(f"{url}/health", timeout=WAIT).json()["status"] == "ok"
+
+
+def test_an_https_upstream_is_reached_over_tls_with_its_certificate_checked(
+    launch: Any, loop_thread: LoopThread, tmp_path: Path
+) -> None:
+    """The passthrough upstream is Anthropic's API, over TLS. The certificate is checked
+    against the system's trust store (here, through SSL_CERT_FILE, the test's own CA)."""
+    ca = trustme.CA()
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(tls)
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    message = orjson.dumps(answer(STREAM_REQUEST | {"stream": False}))
+    reply = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%b"
+    listen = {"CC_SERVER__LISTEN_ADDRESS": "127.0.0.1:0"}
+    with RecordingUpstream(loop_thread, lambda _: reply % (len(message), message), tls) as upstream:
+        trusting = launch(
+            ["--target-url", upstream.url], gateway_env(SSL_CERT_FILE=str(ca_file), **listen)
+        )
+        untrusting = launch(["--target-url", upstream.url], gateway_env(**listen))
+        body = orjson.dumps(STREAM_REQUEST | {"stream": False})
+        headers = {"x-api-key": CLIENT_KEY, "content-type": "application/json"}
+        trusted = httpx.post(
+            trusting.local_url() + "/v1/messages", content=body, headers=headers, timeout=WAIT
+        )
+        refused = httpx.post(
+            untrusting.local_url() + "/v1/messages", content=body, headers=headers, timeout=WAIT
+        )
+    assert trusted.status_code == 200
+    assert trusted.content == message
+    assert refused.status_code == 502
+    assert "certificate verify failed" in refused.json()["error"]["message"]
+    (seen,) = upstream.received  # the refused one never got past the handshake
+    assert seen.lines[:2] == [
+        b"POST /v1/messages HTTP/1.1",
+        b"Host: " + upstream.url.removeprefix("https://").encode(),
+    ]
+    assert f"x-api-key: {TARGET_KEY}".encode() in seen.lines
 
 
 def test_precedence_of_command_line_environment_and_file_end_to_end(

@@ -5,10 +5,6 @@ The upstream here reads and writes raw bytes on its sockets and records what cam
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable
-from dataclasses import dataclass
-
 import aiohttp
 import httpx
 import orjson
@@ -18,24 +14,10 @@ from cc_proxy.standin import answer
 from cc_proxy.upstream import Upstream
 from cc_proxy.upstream_http import UpstreamClient
 from conftest import CLIENT_KEY, GatewayFactory
-from harness import LoopThread, RawServer, RunningGateway
+from harness import LoopThread, Received, RecordingUpstream, RunningGateway
 
 WAIT = 30.0  # upper bound of every wait; never a timing expectation
 REQUEST = {"model": "claude", "max_tokens": 64, "messages": [{"role": "user", "content": "hi"}]}
-
-
-@dataclass
-class Received:
-    """A request as it came on the upstream's socket."""
-
-    connection: int  # which connection, counted from 0 in order of arrival
-    on_connection: int  # which request on that connection, counted from 0
-    head: bytes
-    body: bytes
-
-    @property
-    def lines(self) -> list[bytes]:
-        return self.head.split(b"\r\n")[:-2]
 
 
 def ok(body: bytes, content_type: bytes = b"application/json") -> bytes:
@@ -48,44 +30,6 @@ def ok(body: bytes, content_type: bytes = b"application/json") -> bytes:
 
 def message_answer() -> bytes:
     return ok(orjson.dumps(answer(REQUEST)))
-
-
-# What the upstream writes for a request, or None to close the connection unanswered.
-Respond = Callable[[Received], bytes | None]
-
-
-class RecordingUpstream(RawServer):
-    """Records each request and writes `respond`'s reply to it."""
-
-    def __init__(self, loop_thread: LoopThread, respond: Respond) -> None:
-        super().__init__(loop_thread)
-        self.respond = respond
-        self.received: list[Received] = []
-        self.connections = 0
-
-    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        connection, self.connections = self.connections, self.connections + 1
-        try:
-            for on_connection in range(1000):
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = 0
-                for line in head.split(b"\r\n"):
-                    name, _, value = line.partition(b":")
-                    if name.lower() == b"content-length":
-                        length = int(value)
-                received = Received(
-                    connection, on_connection, head, await reader.readexactly(length)
-                )
-                self.received.append(received)
-                written = self.respond(received)
-                if written is None:
-                    break
-                writer.write(written)
-                await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
 
 
 def through(upstream: RecordingUpstream, start_gateway: GatewayFactory) -> RunningGateway:
