@@ -239,9 +239,9 @@ class UpstreamAnswer:
             connection.close()
 
 
-def _request_bytes(line: str, headers: Headers, body: bytes) -> bytes:
-    """The request as it goes on the wire: `line`, the request line and Host header both,
-    then the headers and the body's length."""
+def _request_head(line: str, headers: Headers, body: bytes) -> bytes:
+    """The request's head as it goes on the wire: `line`, the request line and Host
+    header both, then the headers and the body's length."""
     lines = [line]
     lines += [f"{name}: {value}\r\n" for name, value in headers]
     if body or not line.startswith(_NO_EMPTY_LENGTH):
@@ -254,7 +254,7 @@ def _request_bytes(line: str, headers: Headers, body: bytes) -> bytes:
     breaks = len(lines) + 1
     if head.count("\r") != breaks or head.count("\n") != breaks:
         raise ValueError("a line break in the request line or a header of an upstream request")
-    return head.encode("latin-1") + body
+    return head.encode("latin-1")
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,7 +300,9 @@ class UpstreamClient:
         `aiohttp.ClientError` when the connection or the answer failed."""
         route = self._route(upstream)
         line = f"{method} {route.base_path}{target} HTTP/1.1\r\nHost: {route.host}\r\n"
-        request = _request_bytes(line, headers, body)
+        # The head and the body go out together (one writev), the body not copied: a
+        # long Claude Code conversation's is megabytes.
+        request = (_request_head(line, headers, body), body)
         connect = route.connect
         connector = self.session.connector
         assert connector is not None, "the session is open"
@@ -332,7 +334,7 @@ class UpstreamClient:
         protocol: _ResponseHandler,
         method: str,
         upstream: Upstream,
-        request: bytes,
+        request: tuple[bytes, bytes],
     ) -> UpstreamAnswer:
         session = self.session
         protocol.set_response_params(
@@ -349,7 +351,7 @@ class UpstreamClient:
         transport = protocol.transport
         if transport is None or transport.is_closing():
             raise aiohttp.ClientConnectionResetError("Cannot write to closing transport")
-        transport.write(request)
+        transport.writelines(request)
         protocol.start_timeout()  # sock_read: the answer's head is due from now on
         while True:
             try:
