@@ -5,6 +5,8 @@ The upstream here reads and writes raw bytes on its sockets and records what cam
 
 from __future__ import annotations
 
+import base64
+
 import aiohttp
 import httpx
 import orjson
@@ -170,3 +172,25 @@ def test_the_upstream_urls_path_comes_before_the_clients(
         gateway = start_gateway(target={"url": upstream.url + base})
         assert call(gateway, "POST", "/v1/messages?beta=true", orjson.dumps(REQUEST)).is_success
     assert upstream.received[0].lines[0] == b"POST /prefix/v1/messages?beta=true HTTP/1.1"
+
+
+def test_a_user_and_password_in_the_upstream_url_go_as_basic_credentials_never_shown(
+    start_gateway: GatewayFactory, loop_thread: LoopThread
+) -> None:
+    """As aiohttp does: `http://user:password@host/` reaches the upstream as an
+    `Authorization: Basic` header, and the URL's user:password is in no request line,
+    Host header or error message."""
+    with RecordingUpstream(
+        loop_thread, lambda r: message_answer() if r.on_connection == 0 else b"garbage\r\n\r\n"
+    ) as upstream:
+        url = upstream.url.replace("http://", "http://relay:s3cr%40t@")
+        gateway = start_gateway(target={"url": url})
+        answered = call(gateway, "POST", "/v1/messages", orjson.dumps(REQUEST))
+        broken = call(gateway, "POST", "/v1/messages", orjson.dumps(REQUEST))
+    assert answered.status_code == 200
+    assert broken.status_code == 502
+    assert "s3cr" not in broken.text
+    first = upstream.received[0]
+    assert b"Authorization: Basic " + base64.b64encode(b"relay:s3cr@t") in first.lines
+    assert first.lines[1] == b"Host: " + upstream.url.removeprefix("http://").encode()
+    assert not [line for line in first.lines if b"s3cr" in line]

@@ -239,19 +239,20 @@ class UpstreamAnswer:
             connection.close()
 
 
-def _request_head(line: str, headers: Headers, body: bytes) -> bytes:
-    """The request's head as it goes on the wire: `line`, the request line and Host
-    header both, then the headers and the body's length."""
-    lines = [line]
+def _request_head(start: str, start_lines: int, headers: Headers, body: bytes) -> bytes:
+    """The request's head as it goes on the wire: `start`, the request line and the
+    route's own headers (`start_lines` lines in all), then the request's headers and the
+    body's length."""
+    lines = [start]
     lines += [f"{name}: {value}\r\n" for name, value in headers]
-    if body or not line.startswith(_NO_EMPTY_LENGTH):
+    if body or not start.startswith(_NO_EMPTY_LENGTH):
         lines.append(f"Content-Length: {len(body)}\r\n")
     lines.append("\r\n")
     head = "".join(lines)
-    # A CR and a LF to each line (two in the first): a method, target, name or value that
-    # held either would end its line early and smuggle a header in, as aiohttp refuses.
-    # httptools lets none through from a client; configured credentials are checked too.
-    breaks = len(lines) + 1
+    # A CR and a LF to each line: a method, target, name or value that held either would
+    # end its line early and smuggle a header in, as aiohttp refuses. httptools lets none
+    # through from a client; configured credentials are checked too.
+    breaks = len(lines) - 1 + start_lines
     if head.count("\r") != breaks or head.count("\n") != breaks:
         raise ValueError("a line break in the request line or a header of an upstream request")
     return head.encode("latin-1")
@@ -261,8 +262,13 @@ def _request_head(line: str, headers: Headers, body: bytes) -> bytes:
 class _Route:
     """What a request to one upstream needs beyond its own bytes."""
 
-    base_path: str  # the upstream URL's path, which the client's target follows
-    host: str  # the Host header, as aiohttp writes it (no default port)
+    url: URL  # the upstream's URL without any user:password, fit for error messages
+    base_path: str  # its path, which the client's target follows
+    # After the target: the protocol, the Host header as aiohttp writes it (no default
+    # port), and Basic credentials where the URL has a user:password, as aiohttp sends.
+    after_target: str
+    after_target_lines: int
+    basic_auth: bool
     # What the connector reads to find or make a connection to the upstream: its pool
     # key, host, port and TLS settings. Never sent.
     connect: aiohttp.ClientRequest
@@ -283,9 +289,15 @@ class UpstreamClient:
         route = self._routes.get(upstream.url)
         if route is None:
             url = URL(upstream.url)
-            connect = aiohttp.ClientRequest("GET", url, loop=asyncio.get_running_loop())
-            base_path = url.raw_path.rstrip("/")
-            route = _Route(base_path, url.host_port_subcomponent or "", connect)
+            shown = url.with_user(None)
+            connect = aiohttp.ClientRequest("GET", shown, loop=asyncio.get_running_loop())
+            after = f" HTTP/1.1\r\nHost: {url.host_port_subcomponent}\r\n"
+            basic_auth = bool(url.raw_user or url.raw_password)
+            if basic_auth:
+                credentials = aiohttp.encode_basic_auth(url.user or "", url.password or "")
+                after += f"Authorization: {credentials}\r\n"
+            lines = after.count("\n")
+            route = _Route(shown, url.raw_path.rstrip("/"), after, lines, basic_auth, connect)
             self._routes[upstream.url] = route
         return route
 
@@ -299,10 +311,13 @@ class UpstreamClient:
         connection came in time, a `TimeoutError` when no answer did, another
         `aiohttp.ClientError` when the connection or the answer failed."""
         route = self._route(upstream)
-        line = f"{method} {route.base_path}{target} HTTP/1.1\r\nHost: {route.host}\r\n"
+        if route.basic_auth and any(name.lower() == "authorization" for name, _ in headers):
+            # aiohttp refuses this too: which of the two was meant cannot be told
+            raise ValueError("an upstream URL's user:password and an Authorization header")
+        start = f"{method} {route.base_path}{target}{route.after_target}"
         # The head and the body go out together (one writev), the body not copied: a
         # long Claude Code conversation's is megabytes.
-        request = (_request_head(line, headers, body), body)
+        request = (_request_head(start, route.after_target_lines, headers, body), body)
         connect = route.connect
         connector = self.session.connector
         assert connector is not None, "the session is open"
@@ -312,7 +327,7 @@ class UpstreamClient:
                 connection = await connector.connect(connect, [], upstream.timeout)
             except TimeoutError as exc:
                 raise aiohttp.ConnectionTimeoutError(
-                    f"Connection timeout to host {upstream.url}"
+                    f"Connection timeout to host {route.url}"
                 ) from exc
             protocol = connection.protocol
             assert isinstance(protocol, _ResponseHandler)
@@ -357,9 +372,8 @@ class UpstreamClient:
             try:
                 message, payload = await protocol.read()
             except HttpProcessingError as exc:
-                info = aiohttp.RequestInfo(
-                    URL(upstream.url), method, CIMultiDictProxy(CIMultiDict())
-                )
+                url = self._route(upstream).url
+                info = aiohttp.RequestInfo(url, method, CIMultiDictProxy(CIMultiDict()))
                 raise aiohttp.ClientResponseError(
                     info, (), status=exc.code, message=exc.message
                 ) from exc
