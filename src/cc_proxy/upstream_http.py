@@ -6,10 +6,10 @@ its compiled parser reads the answers. `UpstreamClient.send` leaves out what
 `ClientSession.request` builds around them, none of which a relay uses: a `ClientRequest`
 with URL and header objects, a `ClientResponse`, timers, traces, cookies, redirects, and
 on Python 3.11 a task of its own that writes the body after the head. Here the head and
-the body go out in one write. Measured by instruction count (callgrind, `python -m
+the body go out in one `writev`. Measured by instruction count (callgrind, `python -m
 bench.instructions`, per response): a 5 KB non-streaming request 835 k -> 616 k (the
 minimal relay: 530 k), a streamed answer of 100 deltas 1,456 k -> 1,257 k, the Claude
-Code request 2,465 k -> 2,259 k.
+Code request 2,465 k -> 2,183 k.
 """
 
 from __future__ import annotations
@@ -307,9 +307,11 @@ class UpstreamClient:
         """Send a request for `target` (a path and query, as the client wrote them) to
         `upstream`, and wait for the head of the answer.
 
-        Raises as `ClientSession.request` does: `aiohttp.ConnectionTimeoutError` when no
-        connection came in time, a `TimeoutError` when no answer did, another
-        `aiohttp.ClientError` when the connection or the answer failed."""
+        The upstream's `sock_connect` and `sock_read` bounds apply; a total one does not
+        (the gateway sets none: a stream may last minutes). Raises as
+        `ClientSession.request` does: `aiohttp.ConnectionTimeoutError` when no connection
+        came in time, a `TimeoutError` when no answer did, another `aiohttp.ClientError`
+        when the connection or the answer failed."""
         route = self._route(upstream)
         if route.basic_auth and any(name.lower() == "authorization" for name, _ in headers):
             # aiohttp refuses this too: which of the two was meant cannot be told
