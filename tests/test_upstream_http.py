@@ -1,6 +1,7 @@
 """What goes on the wire to an upstream (`cc_proxy.upstream_http`): the request written
 whole as aiohttp would write it, and the answer's head read as aiohttp reads it; pooled
-connections the upstream has closed, interim answers and answers that are not HTTP.
+connections the upstream has closed, interim answers, redirects, answers that are not
+HTTP, and credentials in the upstream's URL.
 The upstream here reads and writes raw bytes on its sockets and records what came."""
 
 from __future__ import annotations
@@ -194,3 +195,18 @@ def test_a_user_and_password_in_the_upstream_url_go_as_basic_credentials_never_s
     assert b"Authorization: Basic " + base64.b64encode(b"relay:s3cr@t") in first.lines
     assert first.lines[1] == b"Host: " + upstream.url.removeprefix("http://").encode()
     assert not [line for line in first.lines if b"s3cr" in line]
+
+
+def test_a_redirect_is_relayed_to_the_client_not_followed(
+    start_gateway: GatewayFactory, loop_thread: LoopThread
+) -> None:
+    moved = (
+        b"HTTP/1.1 307 Temporary Redirect\r\n"
+        b"location: http://elsewhere.invalid/v1/messages\r\ncontent-length: 0\r\n\r\n"
+    )
+    with RecordingUpstream(loop_thread, lambda _: moved) as upstream:
+        gateway = through(upstream, start_gateway)
+        relayed = call(gateway, "POST", "/v1/messages", orjson.dumps(REQUEST))
+    assert relayed.status_code == 307
+    assert relayed.headers["location"] == "http://elsewhere.invalid/v1/messages"
+    assert len(upstream.received) == 1
