@@ -97,6 +97,21 @@ class RawServer:
         self.loop_thread.run(stop())
 
 
+def body_length(head: bytes) -> int:
+    """The Content-Length a request head gives (0 without one)."""
+    for line in head.split(b"\r\n"):
+        name, _, value = line.partition(b":")
+        if name.lower() == b"content-length":
+            return int(value)
+    return 0
+
+
+def json_answer(body: bytes) -> bytes:
+    """A whole 200 answer with a JSON body, as raw bytes."""
+    head = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n"
+    return head % len(body) + body
+
+
 @dataclass
 class Received:
     """A request as it came on the upstream's socket."""
@@ -131,14 +146,8 @@ class RecordingUpstream(RawServer):
         try:
             for on_connection in range(1000):
                 head = await reader.readuntil(b"\r\n\r\n")
-                length = 0
-                for line in head.split(b"\r\n"):
-                    name, _, value = line.partition(b":")
-                    if name.lower() == b"content-length":
-                        length = int(value)
-                received = Received(
-                    connection, on_connection, head, await reader.readexactly(length)
-                )
+                body = await reader.readexactly(body_length(head))
+                received = Received(connection, on_connection, head, body)
                 self.received.append(received)
                 written = self.respond(received)
                 if written is None:

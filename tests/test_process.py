@@ -28,7 +28,15 @@ import pytest
 import trustme
 
 from cc_proxy.standin import answer, message_events
-from harness import Gate, LoopThread, RecordingUpstream, Reply, ScriptedUpstream, wait_until
+from harness import (
+    Gate,
+    LoopThread,
+    RecordingUpstream,
+    Reply,
+    ScriptedUpstream,
+    json_answer,
+    wait_until,
+)
 
 SRC = Path(__file__).resolve().parent.parent / "src"
 
@@ -339,9 +347,8 @@ def test_an_https_upstream_is_reached_over_tls_with_its_certificate_checked(
     ca_file = tmp_path / "ca.pem"
     ca.cert_pem.write_to_path(str(ca_file))
     message = orjson.dumps(answer(STREAM_REQUEST | {"stream": False}))
-    reply = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%b"
     listen = {"CC_SERVER__LISTEN_ADDRESS": "127.0.0.1:0"}
-    with RecordingUpstream(loop_thread, lambda _: reply % (len(message), message), tls) as upstream:
+    with RecordingUpstream(loop_thread, lambda _: json_answer(message), tls) as upstream:
         trusting = launch(
             ["--target-url", upstream.url], gateway_env(SSL_CERT_FILE=str(ca_file), **listen)
         )

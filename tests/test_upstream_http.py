@@ -17,22 +17,14 @@ from cc_proxy.standin import answer
 from cc_proxy.upstream import Upstream
 from cc_proxy.upstream_http import UpstreamClient
 from conftest import CLIENT_KEY, GatewayFactory
-from harness import LoopThread, Received, RecordingUpstream, RunningGateway
+from harness import LoopThread, Received, RecordingUpstream, RunningGateway, json_answer
 
 WAIT = 30.0  # upper bound of every wait; never a timing expectation
 REQUEST = {"model": "claude", "max_tokens": 64, "messages": [{"role": "user", "content": "hi"}]}
 
 
-def ok(body: bytes, content_type: bytes = b"application/json") -> bytes:
-    return b"HTTP/1.1 200 OK\r\ncontent-type: %s\r\ncontent-length: %d\r\n\r\n%s" % (
-        content_type,
-        len(body),
-        body,
-    )
-
-
 def message_answer() -> bytes:
-    return ok(orjson.dumps(answer(REQUEST)))
+    return json_answer(orjson.dumps(answer(REQUEST)))
 
 
 def through(upstream: RecordingUpstream, start_gateway: GatewayFactory) -> RunningGateway:
@@ -51,7 +43,7 @@ def test_the_target_is_the_clients_and_the_host_and_length_are_written_as_aiohtt
     start_gateway: GatewayFactory, loop_thread: LoopThread
 ) -> None:
     def respond(received: Received) -> bytes:
-        return message_answer() if received.lines[0].startswith(b"POST") else ok(b"{}")
+        return message_answer() if received.lines[0].startswith(b"POST") else json_answer(b"{}")
 
     with RecordingUpstream(loop_thread, respond) as upstream:
         gateway = through(upstream, start_gateway)
@@ -82,7 +74,7 @@ def test_a_pooled_connection_the_upstream_closed_is_tried_again_for_a_get_not_a_
     def respond(received: Received) -> bytes | None:
         if received.on_connection > 0:
             return None  # the second request on any connection: closed, unanswered
-        return message_answer() if received.lines[0].startswith(b"POST") else ok(b"{}")
+        return message_answer() if received.lines[0].startswith(b"POST") else json_answer(b"{}")
 
     with RecordingUpstream(loop_thread, respond) as upstream:
         gateway = through(upstream, start_gateway)
@@ -158,7 +150,7 @@ def test_a_line_break_in_a_header_is_refused_before_anything_is_sent(
             await client.close()
 
     with (
-        RecordingUpstream(loop_thread, lambda _: ok(b"{}")) as upstream,
+        RecordingUpstream(loop_thread, lambda _: json_answer(b"{}")) as upstream,
         pytest.raises(ValueError, match="line break"),
     ):
         loop_thread.run(send(upstream.url), WAIT)

@@ -17,7 +17,7 @@ import pytest
 from cc_proxy.standin import answer, message_events
 from cc_proxy.upstream_http import open_session
 from conftest import CLIENT_KEY, GatewayFactory
-from harness import LoopThread, RawServer, wait_until
+from harness import LoopThread, RawServer, body_length, wait_until
 
 WAIT = 30.0  # upper bound of every wait; never a timing expectation
 SSE_HEAD = (
@@ -41,15 +41,7 @@ class RawUpstream(RawServer):
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while head := await reader.readuntil(b"\r\n\r\n"):
-                length = next(
-                    (
-                        int(line.split(b":", 1)[1])
-                        for line in head.split(b"\r\n")
-                        if line.lower().startswith(b"content-length:")
-                    ),
-                    0,
-                )
-                await reader.readexactly(length)
+                await reader.readexactly(body_length(head))
                 await self._write_answer(writer)
         except (asyncio.IncompleteReadError, ConnectionError):
             pass

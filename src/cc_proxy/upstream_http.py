@@ -38,7 +38,7 @@ SKIP_AUTO_HEADERS = frozenset({"Accept", "Accept-Encoding", "User-Agent", "Conte
 # aiohttp's rules (3.14), kept: without a body these methods get no `Content-Length: 0`;
 # and only these are sent again, on a new connection, when a pooled one turns out to have
 # been closed by the upstream while it waited in the pool.
-_NO_EMPTY_LENGTH = ("GET ", "HEAD ", "OPTIONS ", "TRACE ")
+_NO_EMPTY_LENGTH = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 
 
@@ -239,14 +239,14 @@ class UpstreamAnswer:
             connection.close()
 
 
-def _request_head(start: str, start_lines: int, headers: Headers, body: bytes) -> bytes:
+def _request_head(start: str, start_lines: int, headers: Headers, length: int | None) -> bytes:
     """The request's head as it goes on the wire: `start`, the request line and the
     route's own headers (`start_lines` lines in all), then the request's headers and the
-    body's length."""
+    body's length (none said where `length` is None)."""
     lines = [start]
     lines += [f"{name}: {value}\r\n" for name, value in headers]
-    if body or not start.startswith(_NO_EMPTY_LENGTH):
-        lines.append(f"Content-Length: {len(body)}\r\n")
+    if length is not None:
+        lines.append(f"Content-Length: {length}\r\n")
     lines.append("\r\n")
     head = "".join(lines)
     # A CR and a LF to each line: a method, target, name or value that held either would
@@ -319,7 +319,8 @@ class UpstreamClient:
         start = f"{method} {route.base_path}{target}{route.after_target}"
         # The head and the body go out together (one writev), the body not copied: a
         # long Claude Code conversation's is megabytes.
-        request = (_request_head(start, route.after_target_lines, headers, body), body)
+        length = len(body) if body or method not in _NO_EMPTY_LENGTH else None
+        request = (_request_head(start, route.after_target_lines, headers, length), body)
         connect = route.connect
         connector = self.session.connector
         assert connector is not None, "the session is open"
@@ -336,14 +337,12 @@ class UpstreamClient:
             pooled = protocol.answers > 0
             try:
                 return await self._exchange(connection, protocol, method, upstream, request)
-            except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError):
+            except BaseException as exc:
                 connection.close()
-                if not (retry and pooled):
+                stale = isinstance(exc, aiohttp.ClientOSError | aiohttp.ServerDisconnectedError)
+                if not (stale and retry and pooled):
                     raise
                 retry = False
-            except BaseException:
-                connection.close()
-                raise
 
     async def _exchange(
         self,
