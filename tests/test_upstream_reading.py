@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Awaitable, Callable, Iterator
+from typing import NamedTuple
 
 import aiohttp
 import httpx
@@ -20,6 +21,7 @@ from conftest import CLIENT_KEY, GatewayFactory
 from harness import LoopThread, RawServer, body_length, wait_until
 
 WAIT = 30.0  # upper bound of every wait; never a timing expectation
+RELAY_TIMEOUT = aiohttp.ClientTimeout(sock_read=WAIT)
 SSE_HEAD = (
     b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
 )
@@ -100,6 +102,36 @@ def test_an_answer_in_many_small_chunks_reaches_the_client_whole_and_is_counted(
     assert gateway.stats["output_tokens"] == usage["output_tokens"] > 0
 
 
+class Held(NamedTuple):
+    """What a reader held once its connection was paused, and then the whole body."""
+
+    pieces: int
+    size: int
+    paused: bool
+    body: bytes
+
+
+async def read_after_a_pause(url: str) -> Held:
+    """Reads nothing until the connection is paused (or WAIT has passed), then all."""
+    async with open_session() as session:
+        # as the gateway reads: no total timeout (see the last test)
+        response = await session.get(url + "/", timeout=RELAY_TIMEOUT)
+        content = response.content
+        assert type(content).__name__ == "_RelayReader"
+        protocol = response.connection.protocol if response.connection else None
+        for _ in range(int(WAIT / 0.01)):
+            if protocol is None or protocol._reading_paused:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.2)  # a read under way when paused is held too
+        pieces, size = len(content._buffer), sum(map(len, content._buffer))
+        paused = protocol is not None and protocol._reading_paused
+        body = b""
+        while piece := await content.readany():
+            body += piece
+        return Held(pieces, size, paused, body)
+
+
 def test_an_unread_answer_in_tiny_chunks_stops_being_read_and_then_arrives_whole(
     loop_thread: LoopThread,
 ) -> None:
@@ -115,27 +147,37 @@ def test_an_unread_answer_in_tiny_chunks_stops_being_read_and_then_arrives_whole
         writer.write(chunk(b"x") * count + b"0\r\n\r\n")
         await writer.drain()
 
-    async def read_after_a_pause() -> tuple[int, bool, bytes]:
-        async with open_session() as session:
-            response = await session.get(upstream.url + "/")
-            content = response.content
-            protocol = response.connection.protocol if response.connection else None
-            for _ in range(int(WAIT / 0.01)):
-                if protocol is None or protocol._reading_paused:
-                    break
-                await asyncio.sleep(0.01)
-            held = len(content._buffer)
-            paused = protocol is not None and protocol._reading_paused
-            body = b""
-            while piece := await content.readany():
-                body += piece
-            return held, paused, body
+    with RawUpstream(loop_thread, write_answer) as upstream:
+        held = loop_thread.run(read_after_a_pause(upstream.url), WAIT + 10)
+    assert held.paused
+    assert 0 < held.pieces < count
+    assert held.body == b"x" * count
+
+
+def test_an_unread_answer_in_large_chunks_stops_being_read_and_then_arrives_whole(
+    loop_thread: LoopThread,
+) -> None:
+    """The other bound, on bytes: pieces are few here, and what is held while nobody
+    reads stays far below the answer, however fast the upstream writes it."""
+    count, size = 256, 64 * 1024  # 16 MiB
+    pieces = [bytes([65 + index % 26]) * size for index in range(count)]
+
+    async def write_answer(writer: asyncio.StreamWriter) -> None:
+        writer.write(SSE_HEAD)
+        await writer.drain()
+        await asyncio.sleep(0.2)
+        for piece in pieces:
+            writer.write(chunk(piece))
+            await writer.drain()  # waits while the gateway does not read
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
 
     with RawUpstream(loop_thread, write_answer) as upstream:
-        held, paused, body = loop_thread.run(read_after_a_pause(), WAIT + 10)
-    assert paused
-    assert 0 < held < count
-    assert body == b"x" * count
+        held = loop_thread.run(read_after_a_pause(upstream.url), WAIT + 10)
+    assert held.paused
+    # aiohttp's bound (twice the reader's limit: 512 KiB), give or take the last read
+    assert 0 < held.size <= 4 * 1024 * 1024
+    assert held.body == b"".join(pieces)
 
 
 def test_an_answer_under_a_total_timeout_keeps_aiohttps_reader_and_its_timeout(
