@@ -34,6 +34,7 @@ from cc_proxy.app import Gateway
 from cc_proxy.config import Settings
 from cc_proxy.server import bind, url_of, uvicorn_server
 from cc_proxy.standin import answer, message_events
+from cc_proxy.upstream import Upstream
 
 FIXTURES = Path(__file__).parent / "fixtures" / "claude-code-2.1.197"
 ROOT = Path(__file__).resolve().parent.parent
@@ -104,6 +105,18 @@ def body_length(head: bytes) -> int:
         if name.lower() == b"content-length":
             return int(value)
     return 0
+
+
+def plain_upstream(url: str, wait: float = 30.0) -> Upstream:
+    """An upstream at `url` for `UpstreamClient.send`: no credentials, `wait` seconds to
+    connect and between reads."""
+    return Upstream(
+        name="target",
+        url=url,
+        timeout=aiohttp.ClientTimeout(sock_connect=wait, sock_read=wait),
+        forwards_client_credentials=False,
+        credentials=[],
+    )
 
 
 def json_answer(body: bytes) -> bytes:

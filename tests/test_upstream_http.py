@@ -8,16 +8,21 @@ from __future__ import annotations
 
 import base64
 
-import aiohttp
 import httpx
 import orjson
 import pytest
 
 from cc_proxy.standin import answer
-from cc_proxy.upstream import Upstream
 from cc_proxy.upstream_http import UpstreamClient
 from conftest import CLIENT_KEY, GatewayFactory
-from harness import LoopThread, Received, RecordingUpstream, RunningGateway, json_answer
+from harness import (
+    LoopThread,
+    Received,
+    RecordingUpstream,
+    RunningGateway,
+    json_answer,
+    plain_upstream,
+)
 
 WAIT = 30.0  # upper bound of every wait; never a timing expectation
 REQUEST = {"model": "claude", "max_tokens": 64, "messages": [{"role": "user", "content": "hi"}]}
@@ -138,13 +143,7 @@ def test_a_line_break_in_a_header_is_refused_before_anything_is_sent(
     async def send(url: str) -> None:
         client = UpstreamClient()
         try:
-            upstream = Upstream(
-                name="target",
-                url=url,
-                timeout=aiohttp.ClientTimeout(sock_connect=WAIT, sock_read=WAIT),
-                forwards_client_credentials=False,
-                credentials=[],
-            )
+            upstream = plain_upstream(url, WAIT)
             await client.send(upstream, "GET", url + "/v1/models", headers, b"")
         finally:
             await client.close()

@@ -6,6 +6,7 @@ chunking is exactly what each test says."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 from collections.abc import Awaitable, Callable, Iterator
 from typing import NamedTuple
@@ -16,9 +17,9 @@ import orjson
 import pytest
 
 from cc_proxy.standin import answer, message_events
-from cc_proxy.upstream_http import open_session
+from cc_proxy.upstream_http import UpstreamClient, open_session
 from conftest import CLIENT_KEY, GatewayFactory
-from harness import LoopThread, RawServer, body_length, wait_until
+from harness import LoopThread, RawServer, body_length, plain_upstream, wait_until
 
 WAIT = 30.0  # upper bound of every wait; never a timing expectation
 RELAY_TIMEOUT = aiohttp.ClientTimeout(sock_read=WAIT)
@@ -178,6 +179,78 @@ def test_an_unread_answer_in_large_chunks_stops_being_read_and_then_arrives_whol
     # aiohttp's bound (twice the reader's limit: 512 KiB), give or take the last read
     assert 0 < held.size <= 4 * 1024 * 1024
     assert held.body == b"".join(pieces)
+
+
+async def read_relaying_at_once(
+    url: str, ready: Callable[[], bool], consume: Callable[[bytes], None]
+) -> list[bytes]:
+    """One answer read as the relay reads it: each read the upstream sends while the
+    reader waits goes to `consume` where `ready()` allows, the rest to `readany`; what
+    `readany` returns is added to what `consume` was given, in the order they came."""
+    pieces: list[bytes] = []
+    client = UpstreamClient()
+    try:
+        response = await client.send(plain_upstream(url, WAIT), "POST", "/v1/messages", [], b"{}")
+
+        def take(piece: bytes) -> None:
+            consume(piece)
+            pieces.append(piece)
+
+        response.relay_at_once((ready, take))
+        try:
+            while piece := await response.content.readany():
+                pieces.append(piece)
+        finally:
+            response.relay_at_once(None)
+            response.close()
+    finally:
+        await client.close()
+    return pieces
+
+
+def paced(events: list[bytes]) -> Answer:
+    async def write_answer(writer: asyncio.StreamWriter) -> None:
+        writer.write(SSE_HEAD)
+        for event in events:
+            writer.write(chunk(event))
+            await writer.drain()
+            await asyncio.sleep(0.005)  # as a model paces its tokens: the reader waits
+        writer.write(b"0\r\n\r\n")
+
+    return write_answer
+
+
+def test_what_comes_while_the_relay_waits_is_passed_on_at_once_and_in_order(
+    loop_thread: LoopThread, events: list[bytes]
+) -> None:
+    """Reads that come while the relay waits go straight to it from the connection's
+    callback; those that come while it cannot take them (every other one here) wake it,
+    and it reads them itself. Either way, nothing is lost or reordered."""
+    at_once: list[bytes] = []
+    asked = itertools.count()
+
+    def every_other() -> bool:
+        return next(asked) % 2 == 0
+
+    with RawUpstream(loop_thread, paced(events[:40])) as upstream:
+        pieces = loop_thread.run(
+            read_relaying_at_once(upstream.url, every_other, at_once.append), WAIT
+        )
+    assert b"".join(pieces) == b"".join(events[:40])
+    assert 0 < len(at_once) < len(pieces)
+
+
+def test_a_fault_in_what_is_passed_on_at_once_is_raised_where_the_relay_waits(
+    loop_thread: LoopThread, events: list[bytes]
+) -> None:
+    def fail(piece: bytes) -> None:
+        raise ZeroDivisionError(piece)
+
+    with (
+        RawUpstream(loop_thread, paced(events[:10])) as upstream,
+        pytest.raises(ZeroDivisionError),
+    ):
+        loop_thread.run(read_relaying_at_once(upstream.url, lambda: True, fail), WAIT)
 
 
 def test_an_answer_under_a_total_timeout_keeps_aiohttps_reader_and_its_timeout(

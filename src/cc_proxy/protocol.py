@@ -67,6 +67,18 @@ class ClientLink:
         cycle.transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
         return True
 
+    def writable(self) -> bool:
+        """Whether `write_chunk` would write a chunk now (the same test, less the chunk:
+        a call of its own from `write_chunk` would cost every write)."""
+        cycle = self.cycle() if self.cycle is not None else None
+        return not (
+            cycle is None
+            or cycle.chunked_encoding is not True
+            or cycle.response_complete
+            or cycle.disconnected
+            or cycle.flow.write_paused
+        )
+
     def hold(self, task: asyncio.Task[Any]) -> None:
         self.task = task
         self._held.add(self)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -100,6 +100,10 @@ class ContentTracing:
         self._cell.value = int(enabled)
 
 
+def _never() -> bool:
+    return False
+
+
 class ClientGone(Exception):
     """The client closed its connection."""
 
@@ -131,6 +135,10 @@ class ClientSink(Sink):
     def body_at_once(self, chunk: bytes) -> bool:
         link = self._link
         return link is not None and link.write_chunk(chunk)
+
+    def readiness(self) -> Callable[[], bool]:
+        link = self._link
+        return link.writable if link is not None else _never
 
     async def end(self) -> None:
         self._let_go()
@@ -170,6 +178,9 @@ class EstimatingSink(ClientSink):
 
     def body_at_once(self, chunk: bytes) -> bool:
         return self._estimating or super().body_at_once(chunk)
+
+    def readiness(self) -> Callable[[], bool]:
+        return Sink.readiness(self) if self._estimating else super().readiness()
 
     async def end(self) -> None:
         if not self._estimating:

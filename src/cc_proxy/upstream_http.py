@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -40,6 +41,9 @@ SKIP_AUTO_HEADERS = frozenset({"Accept", "Accept-Encoding", "User-Agent", "Conte
 # been closed by the upstream while it waited in the pool.
 _NO_EMPTY_LENGTH = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+# What the relay does with an answer's body as it comes (`UpstreamAnswer.relay_at_once`):
+# whether it can take some now, and what takes it.
+AtOnce = tuple[Callable[[], bool], Callable[[bytes], None]]
 
 
 class _RelayReader(StreamReader):
@@ -71,20 +75,45 @@ class _RelayReader(StreamReader):
         return False
 
     def fed(self) -> None:
-        """After the parser has been given a read: count what is held, wake the reader if
-        it waits, and stop reading the connection while too much is held."""
+        """After the parser has been given a read: passed on at once where the relay
+        waits for it and can take it now (`UpstreamAnswer.relay_at_once`); else counted,
+        the relay woken if it waits, and the connection paused while too much is held."""
         buffer = self._buffer
         if not buffer:
             return
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():  # else busy, or woken already
+            protocol = self._protocol
+            at_once = protocol.at_once  # type: ignore[attr-defined]
+            # A paused connection is resumed by the relay's own read (`readany`).
+            if at_once is not None and not (protocol._reading_paused or protocol._buffer_paused):
+                ready, consume = at_once
+                try:
+                    if ready():
+                        consume(self._take())
+                        return
+                except Exception as exc:  # the relay's own fault, raised where it waits
+                    self._waiter = None
+                    waiter.set_exception(exc)
+                    return
+            self._waiter = None
+            waiter.set_result(None)
         self._size = size = len(buffer[0]) if len(buffer) == 1 else sum(map(len, buffer))
         self.total_bytes = self._cursor + size
-        waiter = self._waiter
-        if waiter is not None:
-            self._waiter = None
-            if not waiter.done():
-                waiter.set_result(None)
         if size > self._high_water:
             self._protocol.pause_reading()
+
+    def _take(self) -> bytes:
+        """All that is held, in one piece (no part of it read before)."""
+        buffer = self._buffer
+        if len(buffer) == 1:
+            data = buffer.popleft()
+        else:
+            data = b"".join(buffer)
+            buffer.clear()
+        self._size = 0
+        self._cursor += len(data)
+        return data
 
     # The compiled parser calls these at every HTTP chunk. Chunk ends are not noted, and a
     # builtin that does nothing costs no Python frame: a `pass` method took 8% of the
@@ -111,14 +140,7 @@ class _RelayReader(StreamReader):
                 self._waiter = None
         if self._buffer_offset:  # part of the first piece was read, not by `readany`
             return self._read_nowait_chunk(-1)
-        # aiohttp's `_read_nowait(-1)`, all that is held joined at once (see the class)
-        if len(buffer) == 1:
-            data = buffer.popleft()
-        else:
-            data = b"".join(buffer)
-            buffer.clear()
-        self._size = 0
-        self._cursor += len(data)
+        data = self._take()  # aiohttp's `_read_nowait(-1)`, joined at once (see the class)
         protocol = self._protocol
         # `_ResponseHandler.resume_reading`'s own test, made here to spare a call per read
         if protocol._reading_paused or protocol._buffer_paused:
@@ -141,6 +163,7 @@ class _ResponseHandler(ResponseHandler):
     """
 
     _read_deadline = 0.0
+    at_once: AtOnce | None = None  # see `UpstreamAnswer.relay_at_once`
     # Answers read on this connection: one that has had any came from the pool, and may
     # have been closed by the upstream while it waited there.
     answers = 0
@@ -252,6 +275,27 @@ class UpstreamAnswer:
         connection, self._connection = self._connection, None
         if connection is not None:
             connection.close()
+
+    def relay_at_once(self, at_once: AtOnce | None) -> None:
+        """From now on (until called with None), while the relay waits for more of the
+        body (`content.readany()`), each read from the upstream is given to `consume`
+        straight from the connection's callback, when `ready()` says it can be taken now,
+        instead of waking the relay's task. A model-paced stream is read an event at a
+        time, and each wake-up cost a future made and set, and a task stepped through the
+        eight coroutines from uvicorn's down to `readany`: by instruction count, 4,443 k
+        -> 3,560 k per streamed answer of 100 deltas 20 ms apart; by CPU, 6% less with 5
+        ms between deltas (interleaved A/B, median of ten paired rounds). At a fast
+        upstream's pace the relay is rarely waiting when a read comes: CPU the same
+        (sixteen paired rounds: 1.007), 1.4% more instructions.
+
+        Whatever `consume` cannot take now (not ready, the body's end, a paused
+        connection) wakes the task as before, which reads it in order: `consume` is given
+        nothing while anything is held, and what it raises is raised by `readany`.
+        aiohttp's own reader (an answer under a total timeout) is read as it was."""
+        connection = self._connection
+        protocol = connection.protocol if connection is not None else None
+        if type(self.content) is _RelayReader and isinstance(protocol, _ResponseHandler):
+            protocol.at_once = at_once
 
 
 def _request_head(start: str, start_lines: int, headers: Headers, length: int | None) -> bytes:
