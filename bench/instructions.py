@@ -10,9 +10,11 @@ off, against the bench's stand-in upstream. After a warm-up, counting is switche
 dumped and divided by N. Valgrind counts user-space instructions only: the kernel's
 share (the sockets) is not in it. How many SSE events one read of the upstream holds
 depends on timing, and a read costs the same whatever it holds, so a stream's count
-depends on the pacing: `--gap-ms 4` makes each read hold one event, as a model paces
-them; the default, a fast upstream at concurrency 10, reads many events at once, as the
-bench's load does. Counts repeat to within about 1% at the default settings.
+depends on the pacing: `--gap-ms 20` makes each read hold one event, as a model paces
+them (at 4 ms, a relay slowed down by valgrind on a busy box read two or three at once,
+and counts of the same code moved by a third); the default, a fast upstream at
+concurrency 10, reads many events at once, as the bench's load does. Counts repeat to
+within about 1% at the default settings and at `--gap-ms 20`.
 """
 
 from __future__ import annotations
