@@ -113,6 +113,7 @@ class _RelayReader(StreamReader):
             buffer.clear()
         self._size = 0
         self._cursor += len(data)
+        self.total_bytes = self._cursor  # all that came has now been read
         return data
 
     # The compiled parser calls these at every HTTP chunk. Chunk ends are not noted, and a
