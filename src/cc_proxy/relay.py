@@ -191,16 +191,20 @@ async def _relay_sse(
     counting = exchange.is_messages
     usage = exchange.usage
 
+    def passed_on(events: bytes) -> None:
+        # counted once passed on: the stats count what the client was given
+        if counting:
+            account_events(events, usage)
+        if watchers:
+            _show(watchers, events)
+
     def relay_at_once(chunk: bytes) -> None:
         # the upstream connection's own call while `read` below waits (`relay_at_once`),
         # once `sink.readiness()` has said that the sink takes what comes now
         events = framer.feed(chunk)
         if events:
             sink.body_at_once(events)
-            if counting:
-                account_events(events, usage)
-            if watchers:
-                _show(watchers, events)
+            passed_on(events)
 
     read = response.content.readany
     chunk = await _first_chunk(response, exchange, observers)
@@ -211,11 +215,7 @@ async def _relay_sse(
             if events:
                 if not sink.body_at_once(events):
                     await sink.body(events)
-                # counted once passed on: the stats count what the client was given
-                if counting:
-                    account_events(events, usage)
-                if watchers:
-                    _show(watchers, events)
+                passed_on(events)
             chunk = await read()
     finally:
         response.relay_at_once(None)
