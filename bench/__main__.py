@@ -31,6 +31,8 @@ from bench.load import Scenario, measure_latency, measure_ttfb, run_wrk
 from bench.procs import (
     REPO,
     awake,
+    busy_fraction,
+    core_ticks,
     cores,
     cpu_seconds,
     fd_hard_limit,
@@ -45,7 +47,8 @@ from bench.report import render_chart, render_table, summarise
 FIXTURE = REPO / "tests" / "fixtures" / "claude-code-2.1.197" / "basic.json"
 # What a held stream costs the proxy besides its memory: two sockets (client, upstream).
 FDS_PER_STREAM = 2
-PARTS = ("relays", "multicore", "hold", "compare")
+PARTS = ("relays", "paced", "multicore", "hold", "compare")
+PACED = "stream_paced"
 COMPARE_CONCURRENCY = (1, 8)
 FD_RESERVE = 100
 
@@ -90,8 +93,12 @@ def scenarios(workdir: Path) -> list[Scenario]:
 def _measure(
     relay: Relay, scenario: Scenario, args: argparse.Namespace, load_core: int | None
 ) -> dict[str, Any]:
-    """One wrk run against `relay`, with the CPU its processes used meanwhile."""
+    """One wrk run against `relay`, with the CPU its processes used meanwhile, and how busy
+    the proxy's core and the load's core were: a load core near 100% means the upstream
+    and wrk, not the relay, set the pace of the run."""
     pids = relay.pids()
+    watched = (args.proxy_core, args.load_core)
+    ticks = core_ticks(watched)
     before = cpu_seconds(pids)
     result = run_wrk(
         relay.url,
@@ -102,7 +109,14 @@ def _measure(
         workdir=args.workdir,
     )
     cpu = cpu_seconds(pids) - before
-    return {**asdict(result), "rps": result.rps, "cpu_seconds": cpu}
+    after = core_ticks(watched)
+    return {
+        **asdict(result),
+        "rps": result.rps,
+        "cpu_seconds": cpu,
+        "proxy_core_busy": busy_fraction(ticks, after, args.proxy_core),
+        "load_core_busy": busy_fraction(ticks, after, args.load_core),
+    }
 
 
 def _warm_up(
@@ -289,6 +303,42 @@ def run_relays(
     return load, ttfb, peak_rss
 
 
+def run_paced(
+    args: argparse.Namespace, scenario: Scenario
+) -> tuple[dict[str, list[dict[str, Any]]], dict[str, int]]:
+    """The streaming scenario with the upstream pacing its events as a model paces tokens
+    (`--paced-gap-ms` apart), so that neither core is saturated: what a streamed answer
+    costs each relay when every event is a read of its own, as Claude Code's traffic is.
+    At the fast upstream's pace the load's core is the busy one (see `_measure`), and a
+    relay's CPU per answer there follows how many events each of its reads gathers."""
+    proxy_core, load_core = args.proxy_core, args.load_core
+    paced = ("--gap-ms", f"{args.paced_gap_ms:g}")
+    found: dict[str, list[dict[str, Any]]] = {}
+    with contextlib.ExitStack() as running:
+        upstream, upstream_url = start_upstream("paced-upstream", load_core, args.workdir, *paced)
+        running.callback(upstream.stop)
+        relays = [Relay("direct", upstream_url, None)]
+        starters: list[Callable[[], Relay]] = [
+            lambda: start_nginx(upstream_url, proxy_core, args.workdir, name="nginx-paced"),
+            lambda: start_minimal(upstream_url, proxy_core, args.workdir, name="minimal-paced"),
+            lambda: start_cc_proxy("cc-proxy-paced", upstream_url, proxy_core, args.workdir),
+        ]
+        for start in starters:
+            relays.append(start())
+            running.callback(relays[-1].stop)
+        _warm_up(relays, [scenario], args, load_core)
+        names = {relay.name: relay.name.removesuffix("-paced") for relay in relays}
+        found = {names[relay.name]: [] for relay in relays}
+        for round_ in range(args.paced_rounds):
+            shift = round_ % len(relays)
+            for relay in relays[shift:] + relays[:shift]:
+                measured = _measure(relay, scenario, args, load_core)
+                found[names[relay.name]].append(measured)
+                _progress(f"{PACED} round {round_ + 1}: {relay.name}", measured)
+        peak_rss = {names[relay.name]: memory_kb(relay.pids(), "VmHWM") for relay in relays}
+    return found, peak_rss
+
+
 def run_compare(args: argparse.Namespace, scenario: Scenario) -> dict[str, Any]:
     """The bar of issue 3: client-side latency of streamed requests through cc-proxy in
     anthropic-only mode against compare mode (same passthrough stand-in, plus a target
@@ -396,6 +446,18 @@ def main(argv: list[str] | None = None) -> int:
         ),
     )
     parser.add_argument(
+        "--paced-rounds",
+        type=int,
+        default=3,
+        help="paced part: turns of every relay (a paced answer's CPU varies little)",
+    )
+    parser.add_argument(
+        "--paced-gap-ms",
+        type=float,
+        default=5,
+        help="paced part: the upstream's gap between SSE events",
+    )
+    parser.add_argument(
         "--compare-rounds",
         type=int,
         default=3,
@@ -428,6 +490,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.smoke:
         args.seconds, args.rounds, args.compare_rounds, args.ttfb_requests = 1, 1, 1, 10
+        args.paced_rounds = 1
         args.hold, args.hold_secs = [50], 1.5
         args.compare_requests = 2
 
@@ -444,11 +507,14 @@ def main(argv: list[str] | None = None) -> int:
         upstreams.callback(upstream.stop)
         passthrough, passthrough_url = start_upstream("passthrough", load_core, args.workdir)
         upstreams.callback(passthrough.stop)
+        peak_rss_by_scenario: dict[str, dict[str, int]] = {}
         load, ttfb, peak_rss = (
             run_relays(args, scenario_list, upstream_url, passthrough_url)
             if "relays" in args.parts
             else ({}, {}, {})
         )
+        if "paced" in args.parts:
+            load[PACED], peak_rss_by_scenario[PACED] = run_paced(args, scenario_list[1])
         multicore = run_multicore(scenario_list[1], args) if "multicore" in args.parts else {}
         upstreams.close()
         compare = run_compare(args, scenario_list[1]) if "compare" in args.parts else {}
@@ -468,10 +534,12 @@ def main(argv: list[str] | None = None) -> int:
             "smoke": args.smoke,
             "elapsed_secs": round(time.monotonic() - started, 1),
         },
-        scenarios=[(s.name, s.title) for s in scenario_list],
+        scenarios=[(s.name, s.title) for s in scenario_list]
+        + [(PACED, f"streaming, 100 text deltas {args.paced_gap_ms:g} ms apart (a model's pace)")],
         load=load,
         ttfb=ttfb,
         peak_rss=peak_rss,
+        peak_rss_by_scenario=peak_rss_by_scenario,
         multicore=multicore,
         hold=hold,
         compare=compare,

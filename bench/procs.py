@@ -63,6 +63,29 @@ def cpu_seconds(pids: Iterable[int]) -> float:
     return ticks / CLOCK_TICKS
 
 
+def core_ticks(core_list: Iterable[int]) -> dict[int, tuple[int, int]]:
+    """Per core, (busy, all) clock ticks since boot, from /proc/stat: two readings give
+    how busy each core was in between (`busy_fraction`)."""
+    wanted = set(core_list)
+    found: dict[int, tuple[int, int]] = {}
+    for line in Path("/proc/stat").read_text().splitlines():
+        name, _, rest = line.partition(" ")
+        if not name.startswith("cpu") or name == "cpu" or int(name[3:]) not in wanted:
+            continue
+        ticks = [int(value) for value in rest.split()[:8]]  # through steal; guest is in user
+        idle = ticks[3] + ticks[4]  # idle, iowait
+        found[int(name[3:])] = (sum(ticks) - idle, sum(ticks))
+    return found
+
+
+def busy_fraction(
+    before: dict[int, tuple[int, int]], after: dict[int, tuple[int, int]], core: int
+) -> float | None:
+    busy = after[core][0] - before[core][0]
+    total = after[core][1] - before[core][1]
+    return round(busy / total, 3) if total > 0 else None
+
+
 def memory_kb(pids: Iterable[int], key: str = "VmRSS") -> int:
     """Sum of a /proc/PID/status figure (VmRSS now, VmHWM peak) over the processes."""
     total = 0

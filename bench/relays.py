@@ -12,12 +12,12 @@ worker_processes 1;
 daemon off;
 master_process on;
 user root;
-pid {dir}/nginx.pid;
-error_log {dir}/nginx-error.log warn;
+pid {dir}/{name}.pid;
+error_log {dir}/{name}-error.log warn;
 worker_rlimit_nofile 20000;
 events {{ worker_connections 16000; }}
 http {{
-    access_log {dir}/nginx-access.log;
+    access_log {dir}/{name}-access.log;
     client_body_temp_path {dir}/body;
     proxy_temp_path {dir}/proxy;
     fastcgi_temp_path {dir}/fastcgi;
@@ -66,26 +66,26 @@ def start_upstream(name: str, core: int | None, logs: Path, *args: str) -> tuple
     return process, f"http://127.0.0.1:{port}"
 
 
-def start_nginx(upstream_url: str, core: int | None, logs: Path) -> Relay:
+def start_nginx(upstream_url: str, core: int | None, logs: Path, name: str = "nginx") -> Relay:
     port = free_port()
-    conf = logs / "nginx.conf"
+    conf = logs / f"{name}.conf"
     upstream_port = upstream_url.rsplit(":", 1)[1]
-    conf.write_text(NGINX_CONF.format(dir=logs, upstream=upstream_port, port=port))
-    process = start("nginx", [require("nginx"), "-c", str(conf)], core=core, log=logs / "nginx.log")
+    conf.write_text(NGINX_CONF.format(dir=logs, name=name, upstream=upstream_port, port=port))
+    process = start(name, [require("nginx"), "-c", str(conf)], core=core, log=logs / f"{name}.log")
     wait_for_port(port, process)
-    return Relay("nginx", f"http://127.0.0.1:{port}", process)
+    return Relay(name, f"http://127.0.0.1:{port}", process)
 
 
 def minimal_argv(upstream_url: str, port: int) -> list[str]:
     return python("bench.minimal_relay", "--port", str(port), "--upstream", upstream_url)
 
 
-def start_minimal(upstream_url: str, core: int | None, logs: Path) -> Relay:
+def start_minimal(upstream_url: str, core: int | None, logs: Path, name: str = "minimal") -> Relay:
     port = free_port()
     argv = minimal_argv(upstream_url, port)
-    process = start("minimal", argv, core=core, log=logs / "minimal.log")
+    process = start(name, argv, core=core, log=logs / f"{name}.log")
     wait_for_port(port, process)
-    return Relay("minimal", f"http://127.0.0.1:{port}", process)
+    return Relay(name, f"http://127.0.0.1:{port}", process)
 
 
 def start_cc_proxy(

@@ -23,6 +23,10 @@ def _load_figures(rounds: list[dict[str, Any]], peak_rss_kb: int | None) -> dict
     requests = sum(r["requests"] for r in rounds)
     measured = peak_rss_kb is not None
     per_round = [r["cpu_seconds"] / r["requests"] * 1e6 for r in rounds if r["requests"]]
+    busy = {
+        key: [r[key] for r in rounds if r.get(key) is not None]
+        for key in ("proxy_core_busy", "load_core_busy")
+    }
     rates = [r["requests"] / r["seconds"] for r in rounds if r["seconds"]]
     return {
         "requests": requests,
@@ -35,6 +39,7 @@ def _load_figures(rounds: list[dict[str, Any]], peak_rss_kb: int | None) -> dict
         ),
         "cpu_us_per_request_rounds": [round(v, 1) for v in per_round] if measured else [],
         "peak_rss_mb": round(peak_rss_kb / 1024, 1) if peak_rss_kb else None,
+        **{key: statistics.median(values) if values else None for key, values in busy.items()},
     }
 
 
@@ -46,6 +51,7 @@ def summarise(
     load: dict[str, dict[str, list[dict[str, Any]]]],
     ttfb: dict[str, dict[str, list[dict[str, Any]]]],
     peak_rss: dict[str, int],
+    peak_rss_by_scenario: dict[str, dict[str, int]] | None = None,
     multicore: dict[str, list[dict[str, Any]]],
     hold: list[dict[str, Any]],
     compare: dict[str, Any],
@@ -55,8 +61,10 @@ def summarise(
         if name not in load:
             continue
         figures[name] = {}
+        # A part with relays of its own (the paced one) measured their peak RSS itself.
+        rss = (peak_rss_by_scenario or {}).get(name, peak_rss)
         for relay, rounds in load[name].items():
-            figures[name][relay] = _load_figures(rounds, peak_rss.get(relay) or None)
+            figures[name][relay] = _load_figures(rounds, rss.get(relay) or None)
         for relay, row in figures[name].items():
             if relay == "direct":
                 continue
@@ -133,7 +141,7 @@ def bars(results: dict[str, Any]) -> list[dict[str, Any]]:
     def bar(name: str, measured: float | None, limit: float, unit: str, met: bool | None) -> None:
         found.append({"bar": name, "measured": measured, "limit": limit, "unit": unit, "met": met})
 
-    for scenario in ("stream", "claude_code"):
+    for scenario in ("stream", "claude_code", "stream_paced"):
         cc = load.get(scenario, {}).get("cc-proxy", {})
         ratio = cc.get("vs_nginx", {}).get("cpu_us_per_request")
         bar(
@@ -188,6 +196,11 @@ def _cell(value: Any, digits: int = 1) -> str:
     return str(value)
 
 
+def _busy(row: dict[str, Any]) -> str:
+    shares = [row.get(key) for key in ("proxy_core_busy", "load_core_busy")]
+    return " / ".join("–" if share is None else f"{share * 100:.0f}" for share in shares)
+
+
 def render_table(results: dict[str, Any]) -> str:
     machine = results["machine"]
     settings = results["settings"]
@@ -200,7 +213,9 @@ def render_table(results: dict[str, Any]) -> str:
         f"per relay, relays taking turns; wrk -c{settings['connections']}. CPU is "
         "utime+stime of the relay's processes from /proc, divided by the responses "
         "completed; the per-round column shows each round's value (noise from other work "
-        "on the box).",
+        "on the box). Busy: the share of the round each core spent out of idle (/proc/stat), "
+        "the whole core and not only the relay; a load core near 100% means the upstream "
+        "and wrk set the pace.",
         "",
     ]
     for scenario, title in results["scenarios"].items():
@@ -210,8 +225,8 @@ def render_table(results: dict[str, Any]) -> str:
             f"**{title}** (`{scenario}`)",
             "",
             "| relay | req/s | p50 ms | p99 ms | CPU µs/resp | per round | × nginx | × minimal "
-            "| peak RSS MB | errors |",
-            "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|",
+            "| busy % proxy core / load core | peak RSS MB | errors |",
+            "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|",
         ]
         for relay, row in results["load"][scenario].items():
             spread = " / ".join(f"{v:.0f}" for v in row["cpu_us_per_request_rounds"])
@@ -221,7 +236,7 @@ def render_table(results: dict[str, Any]) -> str:
                 f"| {spread or '–'} "
                 f"| {_cell(row.get('vs_nginx', {}).get('cpu_us_per_request'), 2)} "
                 f"| {_cell(row.get('vs_minimal', {}).get('cpu_us_per_request'), 2)} "
-                f"| {_cell(row['peak_rss_mb'])} | {row['errors']} |"
+                f"| {_busy(row)} | {_cell(row['peak_rss_mb'])} | {row['errors']} |"
             )
         lines.append("")
     ttfb = results["ttfb"]
@@ -331,7 +346,9 @@ def render_chart(results: dict[str, Any], path: Path) -> None:
     width = 0.8 / len(relays)
     figure, axes = plt.subplots(figsize=(9, 4.5), dpi=100)
     for index, relay in enumerate(relays):
-        values = [results["load"][s][relay]["cpu_us_per_request"] or 0 for s in scenarios]
+        values = [
+            results["load"][s].get(relay, {}).get("cpu_us_per_request") or 0 for s in scenarios
+        ]
         positions = [i + (index - (len(relays) - 1) / 2) * width for i in range(len(scenarios))]
         bars = axes.bar(positions, values, width, label=relay)
         axes.bar_label(bars, fmt="%.0f", fontsize=7)

@@ -19,7 +19,10 @@ from bench.procs import awake, children  # noqa: E402
 from bench.report import _load_figures  # noqa: E402
 
 RELAYS = {"direct", "nginx", "minimal", "cc-proxy", "cc-proxy-compare"}
-SCENARIOS = {"json", "stream", "claude_code"}
+SCENARIOS = {"json", "stream", "claude_code", "stream_paced"}
+# the model-paced streams: the relays that matter, and no compare mode (a shadow needs a
+# second paced stand-in, and compare's cost is the unpaced scenarios' business)
+PACED_RELAYS = {"direct", "nginx", "minimal", "cc-proxy"}
 
 
 def run_harness(*argv: str, timeout: float) -> None:
@@ -48,13 +51,23 @@ def test_every_relay_answers_every_scenario_without_errors(smoke: Path) -> None:
 
     assert set(results["load"]) == SCENARIOS
     for scenario, relays in results["load"].items():
-        assert set(relays) == RELAYS, scenario
+        assert set(relays) == (PACED_RELAYS if scenario == "stream_paced" else RELAYS), scenario
         for relay, row in relays.items():
             assert row["requests"] > 0, (scenario, relay)
             assert row["errors"] == 0, (scenario, relay)
+            # how busy each core was: a share of the round, never more than all of it
+            assert 0 < row["load_core_busy"] <= 1, (scenario, relay)
+            assert 0 <= row["proxy_core_busy"] <= 1, (scenario, relay)
             if relay != "direct":
                 assert row["cpu_us_per_request"] > 0, (scenario, relay)
                 assert row["vs_nginx"]["cpu_us_per_request"] > 0, (scenario, relay)
+                assert row["proxy_core_busy"] > 0, (scenario, relay)
+    bars = {bar["bar"]: bar for bar in results["bars"]}
+    paced = bars["CPU per streamed response vs nginx (stream_paced)"]
+    assert (
+        paced["measured"]
+        == results["load"]["stream_paced"]["cc-proxy"]["vs_nginx"]["cpu_us_per_request"]
+    )
 
 
 @pytest.mark.slow
