@@ -20,6 +20,7 @@ from cc_proxy.standin import answer, message_events
 from cc_proxy.upstream_http import UpstreamClient, open_session
 from conftest import CLIENT_KEY, GatewayFactory
 from harness import LoopThread, RawServer, body_length, plain_upstream, wait_until
+from test_faults import check_stream_ends_in_error
 
 WAIT = 30.0  # upper bound of every wait; never a timing expectation
 RELAY_TIMEOUT = aiohttp.ClientTimeout(sock_read=WAIT)
@@ -50,6 +51,17 @@ class RawUpstream(RawServer):
             pass
         finally:
             writer.close()
+
+
+def stream_through(gateway_url: str) -> httpx.Response:
+    """A streamed Messages request to the gateway, read whole."""
+    request = {"model": "claude", "max_tokens": 64, "stream": True, "messages": []}
+    return httpx.post(
+        gateway_url + "/v1/messages",
+        content=orjson.dumps(request),
+        headers={"x-api-key": CLIENT_KEY, "content-type": "application/json"},
+        timeout=WAIT,
+    )
 
 
 @pytest.fixture
@@ -89,13 +101,7 @@ def test_an_answer_in_many_small_chunks_reaches_the_client_whole_and_is_counted(
 
     with RawUpstream(loop_thread, write_answer) as upstream:
         gateway = start_gateway(target={"url": upstream.url})
-        request = {"model": "claude", "max_tokens": 64, "stream": True, "messages": []}
-        relayed = httpx.post(
-            gateway.url + "/v1/messages",
-            content=orjson.dumps(request),
-            headers={"x-api-key": CLIENT_KEY, "content-type": "application/json"},
-            timeout=WAIT,
-        )
+        relayed = stream_through(gateway.url)
     assert relayed.status_code == 200
     assert relayed.content == whole
     usage = orjson.loads(events[-2].split(b"data: ", 1)[1])["usage"]
@@ -284,3 +290,89 @@ def test_an_answer_under_a_total_timeout_keeps_aiohttps_reader_and_its_timeout(
         silence = loop_thread.run(read(aiohttp.ClientTimeout(sock_read=0.5)), WAIT)
     assert total == ("StreamReader", b"event: ping\ndata: {}\n\n", True)
     assert silence == ("_RelayReader", b"event: ping\ndata: {}\n\n", True)
+
+
+async def read_to_the_end(url: str) -> tuple[list[bytes | BaseException], bool]:
+    """One answer read as the relay reads it, until its end or a failure; and whether its
+    connection went back to the pool, open, for the next request."""
+    found: list[bytes | BaseException] = []
+    client = UpstreamClient()
+    try:
+        response = await client.send(plain_upstream(url, WAIT), "POST", "/v1/messages", [], b"{}")
+        protocol = response._connection.protocol if response._connection else None
+        try:
+            while piece := await response.content.readany():
+                found.append(piece)
+        except aiohttp.ClientError as exc:
+            found.append(exc)
+            response.close()
+        else:
+            response.release()
+        pooled = protocol is not None and protocol.transport is not None
+    finally:
+        await client.close()
+    return found, pooled
+
+
+def test_a_chunk_the_parser_refuses_mid_answer_fails_the_read_and_the_connection(
+    loop_thread: LoopThread, events: list[bytes]
+) -> None:
+    async def write_answer(writer: asyncio.StreamWriter) -> None:
+        writer.write(SSE_HEAD + chunk(events[0]))
+        await writer.drain()
+        await asyncio.sleep(0.05)  # read mid-answer, the reader waiting
+        writer.write(b"zz\r\nnot a chunk size\r\n")
+        await writer.drain()
+        # and the connection left open, for the reader to close
+
+    with RawUpstream(loop_thread, write_answer) as upstream:
+        found, pooled = loop_thread.run(read_to_the_end(upstream.url), WAIT + 5)
+    assert found[0] == events[0]
+    assert isinstance(found[-1], aiohttp.ClientPayloadError), found
+    assert not pooled
+
+
+def test_an_answer_nobody_asked_for_behind_the_body_is_not_kept_for_the_next_request(
+    loop_thread: LoopThread, events: list[bytes]
+) -> None:
+    """An upstream that sends a second answer after the first, unasked, in the same read
+    as the first one's end: it must never be taken for the answer to the connection's
+    next request."""
+    stray = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nstray"
+
+    async def write_answer(writer: asyncio.StreamWriter) -> None:
+        writer.write(SSE_HEAD + chunk(events[0]))
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(chunk(events[1]) + b"0\r\n\r\n" + stray)
+        await writer.drain()
+
+    with RawUpstream(loop_thread, write_answer) as upstream:
+        found, pooled = loop_thread.run(read_to_the_end(upstream.url), WAIT + 5)
+    assert found == [events[0], events[1]]
+    assert not pooled
+
+
+@pytest.mark.parametrize("later", [True, False], ids=["in-a-later-read", "in-the-heads-read"])
+def test_a_stream_whose_chunks_break_mid_answer_ends_in_an_sse_error_event(
+    start_gateway: GatewayFactory, loop_thread: LoopThread, events: list[bytes], later: bool
+) -> None:
+    """Row 5 of the error table for a framing the parser refuses, rather than a close:
+    the client gets what it was given, then an error event, and the stream ends (what
+    came in the read that broke is lost with it, as aiohttp's reader has it)."""
+    garbage = b"zz\r\nnot a chunk size\r\n"
+
+    async def write_answer(writer: asyncio.StreamWriter) -> None:
+        writer.write(SSE_HEAD + chunk(events[0]) + chunk(events[1]) + (b"" if later else garbage))
+        await writer.drain()
+        if later:
+            await asyncio.sleep(0.05)
+            writer.write(garbage)
+            await writer.drain()
+
+    with RawUpstream(loop_thread, write_answer) as upstream:
+        gateway = start_gateway(target={"url": upstream.url, "timeout_secs": WAIT})
+        relayed = stream_through(gateway.url)
+    assert relayed.status_code == 200
+    given = events[0] + events[1] if later else b""
+    check_stream_ends_in_error(relayed.content, given, "api_error")
