@@ -104,6 +104,10 @@ def _never() -> bool:
     return False
 
 
+def _nothing(chunk: bytes) -> None:
+    """Never called: `_never` says first that nothing can be passed on now."""
+
+
 class ClientGone(Exception):
     """The client closed its connection."""
 
@@ -136,9 +140,9 @@ class ClientSink(Sink):
         link = self._link
         return link is not None and link.write_chunk(chunk)
 
-    def readiness(self) -> Callable[[], bool]:
+    def at_once(self) -> tuple[Callable[[], bool], Callable[[bytes], object]]:
         link = self._link
-        return link.writable if link is not None else _never
+        return (link.writable, link.write_chunk) if link is not None else (_never, _nothing)
 
     async def end(self) -> None:
         self._let_go()
@@ -179,8 +183,8 @@ class EstimatingSink(ClientSink):
     def body_at_once(self, chunk: bytes) -> bool:
         return self._estimating or super().body_at_once(chunk)
 
-    def readiness(self) -> Callable[[], bool]:
-        return Sink.readiness(self) if self._estimating else super().readiness()
+    def at_once(self) -> tuple[Callable[[], bool], Callable[[bytes], object]]:
+        return Sink.at_once(self) if self._estimating else super().at_once()
 
     async def end(self) -> None:
         if not self._estimating:

@@ -45,10 +45,12 @@ class Sink:
         stream (callgrind, 100 deltas 4 ms apart: 4.82 M -> 4.68 M per answer)."""
         return True
 
-    def readiness(self) -> Callable[[], bool]:
-        """A test of whether `body_at_once` would pass a piece on now, asked before each
-        piece that the relay passes on from the upstream connection's callback."""
-        return _always
+    def at_once(self) -> tuple[Callable[[], bool], Callable[[bytes], object]]:
+        """For the pieces that the relay passes on from the upstream connection's
+        callback: a test of whether `body_at_once` would pass a piece on now, asked
+        before each, and what passes it on once the test has said so (`body_at_once`, or
+        a writer that a call fewer reaches)."""
+        return _always, self.body_at_once
 
     async def end(self) -> None:
         """The body is complete."""
@@ -198,17 +200,19 @@ async def _relay_sse(
         if watchers:
             _show(watchers, events)
 
+    ready, write = sink.at_once()
+
     def relay_at_once(chunk: bytes) -> None:
         # the upstream connection's own call while `read` below waits (`relay_at_once`),
-        # once `sink.readiness()` has said that the sink takes what comes now
+        # once `ready()` has said that the sink takes what comes now
         events = framer.feed(chunk)
         if events:
-            sink.body_at_once(events)
+            write(events)
             passed_on(events)
 
     read = response.content.readany
     chunk = await _first_chunk(response, exchange, observers)
-    response.relay_at_once((sink.readiness(), relay_at_once))
+    response.relay_at_once((ready, relay_at_once))
     try:
         while chunk:
             events = framer.feed(chunk)
