@@ -141,13 +141,18 @@ def _warm_up(
 
 
 def run_load(
-    relays: list[Relay], scenario_list: list[Scenario], args: argparse.Namespace, load_core: int
+    relays: list[Relay],
+    scenario_list: list[Scenario],
+    args: argparse.Namespace,
+    load_core: int,
+    rounds: int | None = None,
 ) -> dict[str, dict[str, list[dict[str, Any]]]]:
-    """Each scenario: every relay in turn, `rounds` times, the order rotated each round."""
+    """Each scenario: every relay in turn, `rounds` times (`--rounds` unless told), the
+    order rotated each round."""
     runs: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for scenario in scenario_list:
         runs[scenario.name] = {relay.name: [] for relay in relays}
-        for round_ in range(args.rounds):
+        for round_ in range(args.rounds if rounds is None else rounds):
             shift = round_ % len(relays)
             for relay in relays[shift:] + relays[:shift]:
                 profiling = args.profile and round_ == 0 and relay.name == "cc-proxy"
@@ -316,7 +321,6 @@ def run_paced(
     relay's CPU per answer there follows how many events each of its reads gathers."""
     proxy_core, load_core = args.proxy_core, args.load_core
     paced = ("--gap-ms", f"{args.paced_gap_ms:g}")
-    found: dict[str, list[dict[str, Any]]] = {}
     with contextlib.ExitStack() as running:
         upstream, upstream_url = start_upstream("paced-upstream", load_core, args.workdir, *paced)
         running.callback(upstream.stop)
@@ -330,15 +334,14 @@ def run_paced(
             relays.append(start())
             running.callback(relays[-1].stop)
         _warm_up(relays, [scenario], args, load_core)
-        names = {relay.name: relay.name.removesuffix("-paced") for relay in relays}
-        found = {names[relay.name]: [] for relay in relays}
-        for round_ in range(args.paced_rounds):
-            shift = round_ % len(relays)
-            for relay in relays[shift:] + relays[:shift]:
-                measured = _measure(relay, scenario, args, load_core)
-                found[names[relay.name]].append(measured)
-                _progress(f"{PACED} round {round_ + 1}: {relay.name}", measured)
-        peak_rss = {names[relay.name]: memory_kb(relay.pids(), "VmHWM") for relay in relays}
+        runs = run_load(relays, [scenario], args, load_core, rounds=args.paced_rounds)
+        # named apart from the unpaced part's relays for their logs; reported as they are
+        found = {
+            name.removesuffix("-paced"): rounds for name, rounds in runs[scenario.name].items()
+        }
+        peak_rss = {
+            relay.name.removesuffix("-paced"): memory_kb(relay.pids(), "VmHWM") for relay in relays
+        }
     return found, peak_rss
 
 

@@ -104,10 +104,6 @@ def _never() -> bool:
     return False
 
 
-def _nothing(chunk: bytes) -> None:
-    """Never called: `_never` says first that nothing can be passed on now."""
-
-
 class ClientGone(Exception):
     """The client closed its connection."""
 
@@ -142,7 +138,9 @@ class ClientSink(Sink):
 
     def at_once(self) -> tuple[Callable[[], bool], Callable[[bytes], object]]:
         link = self._link
-        return (link.writable, link.write_chunk) if link is not None else (_never, _nothing)
+        return (
+            (link.writable, link.write_chunk) if link is not None else (_never, self.body_at_once)
+        )
 
     async def end(self) -> None:
         self._let_go()
